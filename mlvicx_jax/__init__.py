@@ -1,0 +1,1 @@
+"""MLVICX in JAX/Flax: multi-level VICReg pretraining for chest X-rays."""
