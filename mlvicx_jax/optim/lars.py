@@ -115,7 +115,7 @@ def lars(
                                 decay_mask, ratio_mask)
     new_updates = jax.tree_util.tree_map(
         lambda m: (-lr * m).astype(m.dtype), mu)
-    new_state = LarsState(count=optax.safe_int32_increment(state.count),
+    new_state = LarsState(count=optax.safe_increment(state.count),
                           momentum=mu)
     return new_updates, new_state
 
