@@ -70,9 +70,9 @@ def lars(
     momentum: momentum coefficient.
     eta: trust coefficient.
     weight_decay: coupled L2 decay added to the gradient.
-    weight_decay_mask: pytree of bools with the params' structure, or a
-      callable params -> such a pytree; True where decay applies. None means
-      every param except those with ndim == 1.
+    weight_decay_mask: pytree of Python bools (static, not traced) with the
+      params' structure, or a callable params -> such a pytree; True where
+      decay applies. None means every param except those with ndim == 1.
     trust_ratio_mask: same form, True where the trust ratio applies; same
       default.
 
