@@ -1,0 +1,93 @@
+"""Model definitions and the one place that turns a model config into modules."""
+import functools
+
+import jax.numpy as jnp
+import ml_collections
+
+from mlvicx_jax.models.attention import ContextBottleneck
+from mlvicx_jax.models.heads import MultiLevelBranch, ProjectionHead
+from mlvicx_jax.models.mlvicx import MLVICX
+from mlvicx_jax.models.resnet import ResNet, ResNet18
+
+__all__ = ['ContextBottleneck', 'MLVICX', 'MultiLevelBranch', 'ProjectionHead',
+           'ResNet', 'ResNet18', 'build_backbone', 'build_model', 'model_config']
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def model_config(variant: str = 'official') -> ml_collections.ConfigDict:
+  """Architecture knobs. 'official' = the official code, 'paper' = the paper text.
+
+  'tiny' is a narrow, shallow network for tests and smoke runs.
+  """
+  c = ml_collections.ConfigDict()
+  c.stage_sizes = (2, 2, 2, 2)        # ResNet18
+  c.width = 64                        # channels of the stem and layer1
+  c.context_blocks = True             # CBAM after stem and each stage
+  c.reduction = 2                     # channel-attention MLP ratio
+  c.spatial_kernel = 7
+  c.global_head = (4096, 4096, 4096)  # paper text: three layers of 2048
+  c.multilevel = True                 # False: global VICReg only (L_G ablation)
+  c.levels = (0, 1, 2, 3, 4)          # stem, layer1..layer4
+  c.multilevel_size = 64              # common size of the bilinear resize
+  c.multilevel_channels = 512         # width of the per-level 1x1 projection
+  c.multilevel_pool = 4
+  c.multilevel_head = (4096, 4096, 4096)
+  c.aggregation = 'sum'               # paper text: 'concat'
+  c.multilevel_impl = 'folded'        # 'naive' = resize to 64x64 first (official cost)
+  c.dtype = 'float32'                 # compute dtype; parameters stay float32
+  if variant == 'paper':
+    c.global_head = (2048, 2048, 2048)
+    c.aggregation = 'concat'
+  elif variant == 'tiny':
+    c.stage_sizes = (1, 1, 1, 1)
+    c.width = 16
+    c.global_head = (128, 128, 128)
+    c.multilevel_size = 16
+    c.multilevel_channels = 32
+    c.multilevel_head = (128, 128, 128)
+  elif variant != 'official':
+    raise ValueError(f"unknown model variant {variant!r}: use 'official', 'paper' or 'tiny'")
+  return c
+
+
+def _dtype(cfg):
+  if cfg.dtype not in DTYPES:
+    raise ValueError(f'model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}')
+  return DTYPES[cfg.dtype]
+
+
+def build_backbone(cfg, keep_context_blocks: bool = True) -> ResNet:
+  """The ResNet trunk; without context blocks it is the plain downstream ResNet18."""
+  dtype = _dtype(cfg)
+  block = None
+  if cfg.context_blocks and keep_context_blocks:
+    block = functools.partial(ContextBottleneck, reduction=cfg.reduction,
+                              kernel_size=cfg.spatial_kernel, dtype=dtype)
+  return ResNet(stage_sizes=tuple(cfg.stage_sizes), num_filters=cfg.width,
+                context_block=block, dtype=dtype)
+
+
+def build_model(cfg) -> MLVICX:
+  """The pretraining network (trunk, global head, optional multi-level branch)."""
+  dtype = _dtype(cfg)
+  num_levels = len(cfg.stage_sizes) + 1
+  for level in cfg.levels:
+    if not 0 <= level < num_levels:
+      raise ValueError(f'model.levels: level {level} does not exist; the trunk has '
+                       f'levels 0..{num_levels - 1} (stem, then one per stage)')
+  trunk = build_backbone(cfg)
+  backbone = functools.partial(ResNet, stage_sizes=trunk.stage_sizes,
+                               num_filters=trunk.num_filters,
+                               context_block=trunk.context_block, dtype=dtype)
+  global_head = None
+  if cfg.global_head:
+    global_head = functools.partial(ProjectionHead, widths=tuple(cfg.global_head), dtype=dtype)
+  multilevel = None
+  if cfg.multilevel:
+    multilevel = functools.partial(
+        MultiLevelBranch, head_widths=tuple(cfg.multilevel_head),
+        levels=tuple(cfg.levels), common_size=cfg.multilevel_size,
+        channels=cfg.multilevel_channels, pool_size=cfg.multilevel_pool,
+        aggregation=cfg.aggregation, implementation=cfg.multilevel_impl, dtype=dtype)
+  return MLVICX(backbone=backbone, global_head=global_head, multilevel_branch=multilevel)

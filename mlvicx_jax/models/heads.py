@@ -1,0 +1,81 @@
+"""Projection heads: the global MLP and the multi-level branch."""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mlvicx_jax.models import resample
+from mlvicx_jax.models.resnet import batch_norm
+
+# torch.nn.Linear's default init (Kaiming-uniform with a=sqrt(5)) is
+# uniform(+-1/sqrt(fan_in)) for weights; lecun-uniform has the same bound/sqrt(3).
+linear_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
+
+class ProjectionHead(nn.Module):
+  """Linear+BN+ReLU layers, the last one Linear+BN without ReLU (official MLVICX)."""
+  widths: Sequence[int] = (4096, 4096, 4096)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    norm = batch_norm(train, self.dtype)
+    for i, width in enumerate(self.widths):
+      x = nn.Dense(width, dtype=self.dtype, kernel_init=linear_kernel_init,
+                   name=f'linear{i + 1}')(x)
+      x = norm(name=f'bn{i + 1}')(x)
+      if i < len(self.widths) - 1:
+        x = nn.relu(x)
+    return x.astype(jnp.float32)
+
+
+class MultiLevelBranch(nn.Module):
+  """Resize every level to one size, project to one width, aggregate, pool, project.
+
+  `aggregation='sum'` is the official code, `'concat'` the paper's `(||)`.
+  `implementation='folded'` pools each level through the composed
+  resize-and-pool matrix before the 1x1 projection; `'naive'` resizes to
+  `common_size` first, as the official code does. Both compute the same
+  function (resize, 1x1 conv with bias, sum and average pool are linear and
+  every resampling row sums to one); folded costs ~100x fewer FLOPs.
+  """
+  head_widths: Sequence[int] = (4096, 4096, 4096)
+  levels: Sequence[int] = (0, 1, 2, 3, 4)
+  common_size: int = 64
+  channels: int = 512
+  pool_size: int = 4
+  aggregation: str = 'sum'
+  implementation: str = 'folded'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, maps, train: bool = True):
+    if self.aggregation not in ('sum', 'concat'):
+      raise ValueError(f"model.aggregation must be 'sum' or 'concat', got {self.aggregation!r}")
+    if self.implementation not in ('folded', 'naive'):
+      raise ValueError(f"model.multilevel_impl must be 'folded' or 'naive', got {self.implementation!r}")
+    projected = []
+    for level in self.levels:
+      x = maps[level]
+      height, width = x.shape[1:3]
+      if self.implementation == 'folded':
+        along_h = resample.resize_then_pool_matrix(height, self.common_size, self.pool_size)
+        along_w = resample.resize_then_pool_matrix(width, self.common_size, self.pool_size)
+      else:
+        along_h = resample.bilinear_matrix(height, self.common_size)
+        along_w = resample.bilinear_matrix(width, self.common_size)
+      x = jnp.einsum('ph,nhwc->npwc', along_h.astype(x.dtype), x)
+      x = jnp.einsum('qw,npwc->npqc', along_w.astype(x.dtype), x)
+      x = nn.Dense(self.channels, dtype=self.dtype, kernel_init=linear_kernel_init,
+                   name=f'proj{level}')(x)
+      projected.append(x)
+    if self.aggregation == 'sum':
+      x = sum(projected)
+    else:
+      x = jnp.concatenate(projected, axis=-1)
+    if self.implementation == 'naive':
+      pool = resample.adaptive_avg_pool_matrix(self.common_size, self.pool_size)
+      x = jnp.einsum('ph,nhwc,qw->npqc', pool.astype(x.dtype), x, pool.astype(x.dtype))
+    # Flatten channel-major (C, H, W) like torch, so ported Linear weights fit as-is.
+    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+    return ProjectionHead(self.head_widths, self.dtype, name='head')(x, train)
