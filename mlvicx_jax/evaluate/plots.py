@@ -1,0 +1,121 @@
+"""Report figures (matplotlib, Agg canvas).
+
+Figures are drawn on `matplotlib.figure.Figure` objects with an explicit Agg
+canvas instead of pyplot, so importing this module never changes the global
+backend and nothing needs a display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import os
+
+import matplotlib
+from matplotlib.backends import backend_agg
+from matplotlib import figure as mpl_figure
+from matplotlib import ticker
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+
+def _new_figure(width: float, height: float) -> mpl_figure.Figure:
+  fig = mpl_figure.Figure(figsize=(width, height), dpi=100)
+  backend_agg.FigureCanvasAgg(fig)
+  return fig
+
+
+def _save(fig: mpl_figure.Figure, path: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, format='png', bbox_inches='tight')
+  return path
+
+
+def plot_roc_curves(labels, scores, class_names: Sequence[str] | None,
+                    path: str, title: str = '') -> str:
+  """One ROC curve per class, AUC in the legend; single-valued classes skipped.
+
+  Args:
+    labels: (N, K) or (N,) 0/1.
+    scores: same shape.
+    class_names: K names (None: class_0, ...).
+    path: PNG file to write.
+    title: figure title.
+
+  Returns:
+    `path`.
+  """
+  labels = np.asarray(labels)
+  scores = np.asarray(scores)
+  if labels.ndim == 1:
+    labels, scores = labels[:, None], scores[:, None]
+  n_classes = labels.shape[1]
+  if class_names is None:
+    class_names = [f'class_{k}' for k in range(n_classes)]
+  fig = _new_figure(7, 6)
+  ax = fig.add_subplot(1, 1, 1)
+  cmap = matplotlib.colormaps['tab20']
+  for k in range(n_classes):
+    y = labels[:, k]
+    if y.min() == y.max():
+      continue  # no ROC curve without both label values
+    fpr, tpr, _ = sk_metrics.roc_curve(y, scores[:, k])
+    auc = sk_metrics.auc(fpr, tpr)
+    ax.plot(fpr, tpr, lw=1.2, color=cmap(k % 20),
+            label=f'{class_names[k]} ({auc:.3f})')
+  ax.plot([0, 1], [0, 1], color='grey', lw=0.8, ls=':')
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_xlabel('false positive rate')
+  ax.set_ylabel('true positive rate')
+  ax.set_title(title)
+  ax.legend(loc='lower right', fontsize='small', title='class (AUC)')
+  return _save(fig, path)
+
+
+def plot_metric_vs_fraction(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float],
+                               Sequence[float]]],
+    path: str, metric_name: str, title: str = '',
+    paper: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+) -> str:
+  """Metric against label fraction (log x axis), error bars = sd over seeds.
+
+  Args:
+    series: label -> (fractions, means, sds); NaN sd draws no bar.
+    path: PNG file to write.
+    metric_name: y-axis label.
+    title: figure title.
+    paper: label -> (fractions, values) drawn dashed, e.g. the paper's
+      MLVICX numbers.
+
+  Returns:
+    `path`.
+  """
+  fig = _new_figure(7, 5)
+  ax = fig.add_subplot(1, 1, 1)
+  all_fractions = set()
+  for label, (fractions, means, sds) in series.items():
+    order = np.argsort(fractions)
+    x = np.asarray(fractions, dtype=float)[order]
+    y = np.asarray(means, dtype=float)[order]
+    err = np.nan_to_num(np.asarray(sds, dtype=float)[order])
+    ax.errorbar(x, y, yerr=err, marker='o', capsize=3, label=label)
+    all_fractions.update(x.tolist())
+  for label, (fractions, values) in (paper or {}).items():
+    order = np.argsort(fractions)
+    x = np.asarray(fractions, dtype=float)[order]
+    ax.plot(x, np.asarray(values, dtype=float)[order], ls='--', marker='x',
+            label=label)
+    all_fractions.update(x.tolist())
+  ax.set_xscale('log')
+  ticks = sorted(all_fractions)
+  ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+  ax.xaxis.set_major_formatter(
+      ticker.FixedFormatter([f'{100 * t:g}%' for t in ticks]))
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
+  ax.set_xlabel('label fraction')
+  ax.set_ylabel(metric_name)
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize='small')
+  return _save(fig, path)
