@@ -31,7 +31,8 @@ _LABELS = flags.DEFINE_list(
     'labels', [], 'Names of the run sets, in --runs order (default: their '
     'directory names).')
 _OUT = flags.DEFINE_string('out', None,
-                           'Output directory (default: <first run set>/report).')
+                           'Output directory (default: <first run set>/'
+                           'report).')
 _ALL_METHODS = flags.DEFINE_bool(
     'all_methods', False, "Show every method of the paper's tables, not only "
     'MLVICX.')

@@ -1,4 +1,4 @@
-"""Evaluation maths against scikit-learn, scipy, closed forms and hand counts."""
+"""Evaluation maths vs scikit-learn, scipy, closed forms and hand counts."""
 
 import math
 import warnings
@@ -127,7 +127,7 @@ def test_dice_rejects_mismatched_shapes():
     metrics.dice(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
 
 
-# --- paired t-test -------------------------------------------------------------
+# --- paired t-test ------------------------------------------------------------
 
 
 def test_paired_ttest_closed_form_and_scipy():
@@ -157,7 +157,7 @@ def test_paired_ttest_validates_lengths():
     metrics.paired_ttest(np.zeros((2, 2)), np.zeros((2, 2)))
 
 
-# --- bootstrap -----------------------------------------------------------------
+# --- bootstrap ---------------------------------------------------------------
 
 
 def _ci_width(n, seed):
@@ -236,7 +236,7 @@ def test_bootstrap_dice_over_images():
   assert low <= metrics.dice(pred, true) <= high
 
 
-# --- early stopping ------------------------------------------------------------
+# --- early stopping ----------------------------------------------------------
 
 
 def test_early_stopping_picks_best_epoch_and_respects_patience():

@@ -34,7 +34,8 @@ def _as_2d(array, name: str) -> np.ndarray:
   if array.ndim == 1:
     array = array[:, None]
   if array.ndim != 2:
-    raise ValueError(f'{name} must have shape (N,) or (N, K), got {array.shape}')
+    raise ValueError(
+        f'{name} must have shape (N,) or (N, K), got {array.shape}')
   return array
 
 

@@ -157,7 +157,8 @@ def normalize_task(task: str) -> str:
   try:
     return _TASK_ALIASES[_key(task)]
   except KeyError:
-    raise ValueError(f'unknown task {task!r}; expected one of {TASKS}') from None
+    raise ValueError(
+        f'unknown task {task!r}; expected one of {TASKS}') from None
 
 
 def normalize_protocol(protocol: str) -> str:

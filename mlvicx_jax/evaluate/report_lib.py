@@ -62,7 +62,7 @@ REQUIRED_FIELDS = ('task', 'protocol', 'label_fraction', 'seed', 'checkpoint',
 SD_DDOF = 1
 SOURCE_KEY = '_source'  # path a loaded record came from; never written
 
-# --- records -------------------------------------------------------------------
+# --- records -----------------------------------------------------------------
 
 
 def _finite_or_none(value):
@@ -225,6 +225,15 @@ def _atomic_write(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def _csv_value(value):
+  """Empty cell for missing or undefined (NaN) values."""
+  if value is None:
+    return ''
+  if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+    return ''
+  return value
+
+
 def flatten_record(record: Mapping) -> dict:
   """One CSV row: scalars, test metrics, per-class AUCs as test_auc_<class>."""
   test = record.get('test') or {}
@@ -248,7 +257,7 @@ def flatten_record(record: Mapping) -> dict:
     row[f'test_{key}'] = test.get(key)
   for cls, auc in (test.get('per_class_auc') or {}).items():
     row[f'test_auc_{cls}'] = auc
-  return {k: ('' if v is None else v) for k, v in row.items()}
+  return {k: _csv_value(v) for k, v in row.items()}
 
 
 def _csv_text(rows: Sequence[Mapping]) -> str:
@@ -331,7 +340,8 @@ def load_run_records(dir_or_glob: str) -> list[dict]:
     FileNotFoundError: no records found (names `dir_or_glob`).
     ValueError: a malformed record (names its file).
   """
-  if not os.path.exists(dir_or_glob) and not any(c in dir_or_glob for c in '*?['):
+  is_pattern = any(c in dir_or_glob for c in '*?[')
+  if not is_pattern and not os.path.exists(dir_or_glob):
     raise FileNotFoundError(f'run directory {dir_or_glob!r} does not exist')
   files = _record_files(dir_or_glob)
   if not files:
@@ -367,7 +377,7 @@ def load_predictions(record: Mapping) -> dict | None:
     return {k: data[k] for k in data.files}
 
 
-# --- aggregation -----------------------------------------------------------------
+# --- aggregation -------------------------------------------------------------
 
 
 def fraction_key(fraction: float) -> float:
@@ -458,7 +468,7 @@ def summarize_per_class(records: Sequence[tuple[str, Mapping]]) -> dict:
 
 def paired_tests(records_a: Sequence[Mapping], records_b: Sequence[Mapping]
                  ) -> list[dict]:
-  """Paired t-tests of run set A against B per (task, protocol, metric, fraction).
+  """Paired t-tests of A against B per (task, protocol, metric, fraction).
 
   Runs are paired by seed. A cell with fewer than two paired seeds, or with
   several records per seed (several names in a run set), gets a `note` and
@@ -537,7 +547,7 @@ def run_ci(record: Mapping, n_boot: int, alpha: float, seed: int
   return [float(ci[0]), float(ci[1])], 'bootstrap'
 
 
-# --- markdown --------------------------------------------------------------------
+# --- markdown ----------------------------------------------------------------
 
 _DASH = '–'
 
@@ -615,9 +625,9 @@ def _segmentation_section(metric, rows, all_methods, decimals) -> list[str]:
       for protocol, fraction in columns:
         if (protocol, fraction) in paper_results.TABLE_III_COLUMNS:
           setting = ('siim', protocol)
-          cells.append(
-              f'{paper_results.paper_value("III", setting, method, fraction):.2f}'
-              f' ± {paper_results.paper_sd(setting, method, fraction):.2f}')
+          mean = paper_results.paper_value('III', setting, method, fraction)
+          sd = paper_results.paper_sd(setting, method, fraction)
+          cells.append(f'{mean:.2f} ± {sd:.2f}')
         else:
           cells.append(_DASH)
       body.append([f'{method} (paper)'] + cells)
@@ -713,7 +723,7 @@ def _ttest_section(label_a, label_b, tests, decimals) -> list[str]:
            f'over {sig["n_runs"]} runs: {paper_p}.', ''])
 
 
-# --- the report --------------------------------------------------------------------
+# --- the report --------------------------------------------------------------
 
 
 def _unique_labels(run_dirs: Sequence[str],

@@ -1,0 +1,350 @@
+"""Run records, the report CLI and the paper tables vs independent data."""
+
+import csv
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn import metrics as sk_metrics
+
+from mlvicx_jax.evaluate import paper_results
+from mlvicx_jax.evaluate import report_lib
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PAPER_MD = REPO.parent / 'shared' / 'paper_results.md'
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+# --- paper tables ------------------------------------------------------------
+
+
+def test_paper_headline_numbers():
+  # SPEC section 4, typed here independently of paper_results.py.
+  finetune = [paper_results.paper_value('I', 'nih finetune', 'MLVICX', f)
+              for f in ('1%', '10%', '30%', 'ALL')]
+  assert finetune == [0.642, 0.733, 0.763, 0.790]
+  assert paper_results.paper_value('II', ('nih', 'frozen'), 'mlvicx',
+                                   0.01) == 0.601
+  assert paper_results.paper_value('III', 'siim fine-tune', 'MLVICX',
+                                   1.0) == 0.59
+  assert [paper_results.paper_value('IV', 'finetune', v, '1%')
+          for v in ('L_G+L_L', 'L_L', 'L_G')] == [0.642, 0.637, 0.631]
+  assert paper_results.paper_reference('nih', 'finetune', 1.0) == 0.790
+  assert paper_results.paper_reference('siim', 'frozen', 0.1) is None
+  with pytest.raises(ValueError, match='unknown method'):
+    paper_results.paper_reference('nih', 'frozen', 0.1, 'SwAV')
+  with pytest.raises(KeyError, match='Table I is NIH'):
+    paper_results.paper_value('I', 'rsna finetune', 'MLVICX', 0.1)
+
+
+def _markdown_tables(text):
+  """{section title: [row cells]} of every pipe table, header row first."""
+  tables = {}
+  for section in text.split('\n## ')[1:]:
+    title, *lines = section.splitlines()
+    rows = [[c.strip() for c in line.strip().strip('|').split('|')]
+            for line in lines if line.startswith('|')
+            and not line.startswith('|---')]
+    tables[title.split(':')[0].strip()] = rows
+  return tables
+
+
+@pytest.mark.skipif(not PAPER_MD.exists(),
+                    reason=f'{PAPER_MD} absent (needs ../shared beside repo)')
+def test_paper_tables_match_shared_markdown():
+  tables = _markdown_tables(PAPER_MD.read_text(encoding='utf-8'))
+  fraction = {'1%': 0.01, '10%': 0.1, '30%': 0.3, '100%': 1.0, 'ALL': 1.0}
+  task = {'NIH': 'nih', 'Vinbig-CXR': 'vinbig', 'RSNA': 'rsna'}
+  checked = 0
+
+  header, *rows = tables['Table I']
+  for method, *cells in rows:
+    for col, cell in zip(header[1:], cells):
+      assert paper_results.paper_value('I', 'nih finetune', method,
+                                       fraction[col]) == float(cell)
+      checked += 1
+
+  header, *rows = tables['Table II']
+  for setting, frac, *cells in rows:
+    data, protocol = setting.rsplit(' ', 1)
+    for method, cell in zip(header[2:], cells):
+      assert paper_results.paper_value(
+          'II', (task[data], protocol), method,
+          fraction[frac]) == float(cell), (setting, frac, method)
+      checked += 1
+
+  header, *rows = tables['Table III']
+  for method, *cells in rows:
+    for col, cell in zip(header[1:], cells):
+      protocol, frac = col.split()
+      mean, sd = (float(x) for x in cell.split('±'))
+      setting = ('siim', protocol)
+      value = fraction['ALL' if frac == 'all' else frac]
+      assert paper_results.paper_value('III', setting, method, value) == mean
+      assert paper_results.paper_sd(setting, method, value) == sd
+      checked += 1
+
+  header, *rows = tables['Table IV']
+  for protocol, global_loss, local_loss, *cells in rows:
+    variant = '+'.join(name for name, used in (('L_G', global_loss),
+                                               ('L_L', local_loss))
+                       if used == 'yes')
+    for col, cell in zip(header[3:], cells):
+      assert paper_results.paper_value('IV', protocol, variant,
+                                       fraction[col]) == float(cell)
+      checked += 1
+  assert checked == 12 * 4 + 20 * 12 + 12 * 4 + 6 * 3
+
+  p_values = dict(re.findall(r'([\d.e-]+) \((\d+%)\)', PAPER_MD.read_text()))
+  for text, frac in ((k, v) for k, v in p_values.items()):
+    assert paper_results.SIGNIFICANCE['p_values'][fraction[frac]] == float(
+        text)
+
+
+# --- records -----------------------------------------------------------------
+
+
+def _strict_json(path):
+  def reject(constant):
+    raise ValueError(f'non-standard JSON constant {constant}')
+  with open(path, encoding='utf-8') as f:
+    return json.load(f, parse_constant=reject)
+
+
+def test_record_round_trip_with_nan_auc_and_predictions(tmp_path):
+  labels = np.array([[0, 1], [1, 1], [0, 1], [1, 1]])
+  scores = np.array([[0.2, 0.5], [0.9, 0.1], [0.4, 0.3], [0.3, 0.8]])
+  test = {'mean_auc': 0.75,
+          'per_class_auc': {'Effusion': 0.75, 'Hernia': float('nan')}}
+  record = report_lib.make_record('NIH', 'fine-tune', 0.1, 2, '/ckpt', test,
+                                  best_epoch=7, ci95=(0.6, 0.9))
+  path = report_lib.write_run_record(
+      str(tmp_path), record,
+      predictions={'labels': labels, 'scores': scores,
+                   'class_names': ['Effusion', 'Hernia']})
+  assert os.path.basename(path) == 'run_record_nih_finetune_f0.1_seed2.json'
+  raw = _strict_json(path)  # NaN is written as null, not as NaN
+  assert raw['test']['per_class_auc'] == {'Effusion': 0.75, 'Hernia': None}
+  assert raw['metric_name'] == 'mean_auc'
+
+  (loaded,) = report_lib.load_run_records(str(tmp_path))
+  assert (loaded['task'], loaded['protocol'], loaded['seed']) == (
+      'nih', 'finetune', 2)
+  assert math.isnan(loaded['test']['per_class_auc']['Hernia'])
+  assert loaded['best_epoch'] == 7 and loaded['ci95'] == [0.6, 0.9]
+  predictions = report_lib.load_predictions(loaded)
+  np.testing.assert_array_equal(predictions['labels'], labels)
+  np.testing.assert_array_equal(predictions['scores'], scores)
+  assert list(predictions['class_names']) == ['Effusion', 'Hernia']
+
+  with open(path[:-len('.json')] + '.csv', encoding='utf-8') as f:
+    (row,) = list(csv.DictReader(f))
+  assert float(row['value']) == 0.75 and row['seed'] == '2'
+  assert float(row['test_auc_Effusion']) == 0.75
+  assert row['test_auc_Hernia'] == ''
+
+
+def test_invalid_records_name_file_and_field(tmp_path):
+  good = {'task': 'rsna', 'protocol': 'frozen', 'label_fraction': 0.3,
+          'seed': 0, 'checkpoint': None, 'metric_name': 'accuracy',
+          'test': {'accuracy': 0.8}}
+  cases = [
+      ({k: v for k, v in good.items() if k != 'seed'}, 'seed'),
+      ({**good, 'task': 'chexpert'}, 'unknown task'),
+      ({**good, 'label_fraction': 1.5}, 'label_fraction'),
+      ({**good, 'metric_name': 'f1'}, 'metric_name'),
+      ({**good, 'test': {'mean_auc': 0.7}}, 'test.accuracy'),
+      ({**good, 'ci95': [0.1]}, 'ci95'),
+  ]
+  for i, (record, field) in enumerate(cases):
+    path = tmp_path / f'case{i}' / 'run_record_bad.json'
+    path.parent.mkdir()
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=re.escape(str(path))) as error:
+      report_lib.load_run_records(str(path.parent))
+    assert field in str(error.value)
+
+
+def test_load_errors_name_the_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path))):
+    report_lib.load_run_records(str(tmp_path))
+  missing = str(tmp_path / 'nope')
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    report_lib.load_run_records(missing)
+
+
+def test_duplicate_runs_are_rejected(tmp_path):
+  record = report_lib.make_record('siim', 'frozen', 0.3, 0, None,
+                                  {'dice': 0.4})
+  report_lib.write_run_record(str(tmp_path / 'a'), record)
+  report_lib.write_run_record(str(tmp_path / 'b'), record)
+  with pytest.raises(ValueError, match='two records'):
+    report_lib.build_report([str(tmp_path)], str(tmp_path / 'out'),
+                            plots=False)
+
+
+# --- the report end to end ---------------------------------------------------
+
+# Hand-made results: run set -> (task, protocol, fraction) -> per-seed values.
+_NIH_A = {('finetune', 0.01): [0.61, 0.64, 0.62],
+          ('finetune', 0.1): [0.70, 0.73, 0.71],
+          ('frozen', 0.01): [0.58, 0.59, 0.60]}
+_NIH_B = {('finetune', 0.01): [0.60, 0.62, 0.615],
+          ('finetune', 0.1): [0.69, 0.70, 0.705]}
+_SIIM_A = {('finetune', 1.0): [0.55, 0.57]}
+_CLASSES = ['Atelectasis', 'Effusion']
+
+
+def _write_run_set(root, nih, siim, with_predictions):
+  rng = np.random.default_rng(len(str(root)))
+  for (protocol, fraction), values in nih.items():
+    for seed, value in enumerate(values):
+      per_class = {'Atelectasis': value - 0.01, 'Effusion': value + 0.01}
+      record = report_lib.make_record(
+          'nih', protocol, fraction, seed, f'{root}/ckpt',
+          {'mean_auc': value, 'per_class_auc': per_class}, best_epoch=seed)
+      predictions = None
+      if with_predictions and seed == 0:
+        labels = (rng.random((300, 2)) < 0.4).astype(np.int64)
+        scores = rng.random((300, 2)) + 0.5 * labels
+        predictions = {'labels': labels, 'scores': scores,
+                       'class_names': _CLASSES}
+      report_lib.write_run_record(
+          str(root / f'{protocol}_{fraction}_{seed}'), record, predictions)
+  for (protocol, fraction), values in siim.items():
+    for seed, value in enumerate(values):
+      record = report_lib.make_record('siim', protocol, fraction, seed, None,
+                                      {'dice': value})
+      report_lib.write_run_record(str(root), record)
+
+
+def _table_after(markdown, heading_start):
+  """Rows (lists of cells) of the first table after a heading."""
+  section = markdown.split(heading_start, 1)[1].split('\n#', 1)[0]
+  return [[c.strip() for c in line.strip().strip('|').split('|')]
+          for line in section.splitlines()
+          if line.startswith('|') and not line.startswith('|---')]
+
+
+def _cell_numbers(cell):
+  return [float(x) for x in re.findall(r'\d+\.\d+', cell)]
+
+
+@pytest.fixture(scope='module')
+def report_outputs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('runs')
+  _write_run_set(root / 'mlvicx', _NIH_A, _SIIM_A, with_predictions=True)
+  _write_run_set(root / 'baseline', _NIH_B, {}, with_predictions=False)
+  out = root / 'report'
+  result = subprocess.run(
+      [sys.executable, '-m', 'mlvicx_jax.report',
+       f'--runs={root / "mlvicx"}', '--runs', str(root / 'baseline'),
+       f'--out={out}', '--n_boot=200'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  return root, out
+
+
+def test_report_tables_match_numpy(report_outputs):
+  _, out = report_outputs
+  markdown = (out / 'report.md').read_text(encoding='utf-8')
+  table = _table_after(markdown, '## NIH ChestX-ray14, fine-tune')
+  header = table[0]
+  rows = {row[0]: row for row in table[1:]}
+  assert header[1:] == ['1%', '10%', '30%', '100%']
+  assert rows['MLVICX (paper)'][1:] == ['0.642', '0.733', '0.763', '0.790']
+  for run_set, values in (('mlvicx', _NIH_A), ('baseline', _NIH_B)):
+    row = rows[f'{run_set} (reproduced)']
+    for fraction, column in ((0.01, 1), (0.1, 2)):
+      seeds = values[('finetune', fraction)]
+      mean, sd, n = _cell_numbers(row[column])[0], _cell_numbers(
+          row[column])[1], len(seeds)
+      assert mean == pytest.approx(np.mean(seeds), abs=5e-4)
+      assert sd == pytest.approx(np.std(seeds, ddof=1), abs=5e-4)
+      assert f'(n={n})' in row[column]
+    assert row[3] == row[4] == '–'  # no 30% or 100% runs
+
+  frozen = _table_after(markdown, '## NIH ChestX-ray14, frozen')
+  frozen_rows = {row[0]: row for row in frozen[1:]}
+  assert frozen_rows['MLVICX (paper)'][1] == '0.601'
+  assert 'baseline (reproduced)' not in frozen_rows
+
+  siim = _table_after(markdown, '## SIIM-ACR')
+  siim_rows = {row[0]: row for row in siim[1:]}
+  column = siim[0].index('fine-tune 100%')
+  assert siim_rows['MLVICX (paper)'][column] == '0.59 ± 0.01'
+  mean, sd = _cell_numbers(siim_rows['mlvicx (reproduced)'][column])
+  assert mean == pytest.approx(0.56, abs=5e-4)
+  assert sd == pytest.approx(np.std([0.55, 0.57], ddof=1), abs=5e-4)
+
+  per_class = _table_after(markdown, 'Per-class AUC: NIH ChestX-ray14, '
+                           'fine-tune, mlvicx')
+  effusion = {row[0]: row for row in per_class[1:]}['Effusion']
+  assert _cell_numbers(effusion[1])[0] == pytest.approx(
+      np.mean(_NIH_A[('finetune', 0.01)]) + 0.01, abs=5e-4)
+
+
+def test_report_summary_ttests_and_cis(report_outputs):
+  root, out = report_outputs
+  summary = json.loads((out / 'summary.json').read_text(encoding='utf-8'))
+  cell = next(c for c in summary['cells']
+              if (c['run_set'], c['task'], c['protocol'], c['fraction']) ==
+              ('mlvicx', 'nih', 'frozen', 0.01))
+  assert cell['mean'] == pytest.approx(np.mean(_NIH_A[('frozen', 0.01)]))
+  assert cell['sd'] == pytest.approx(np.std(_NIH_A[('frozen', 0.01)], ddof=1))
+  assert cell['paper'] == 0.601
+
+  (tests,) = summary['paired_tests'].values()
+  by_fraction = {(t['protocol'], t['fraction']): t for t in tests}
+  for key in (('finetune', 0.01), ('finetune', 0.1)):
+    reference = stats.ttest_rel(_NIH_A[key], _NIH_B[key])
+    assert by_fraction[key]['n'] == 3
+    assert by_fraction[key]['t'] == pytest.approx(reference.statistic)
+    assert by_fraction[key]['p'] == pytest.approx(reference.pvalue)
+  assert ('frozen', 0.01) not in by_fraction  # baseline has no frozen runs
+
+  # Bootstrap CIs were computed for the runs that saved predictions.
+  with_ci = [r for r in summary['runs'] if r['ci95'] is not None]
+  assert {(r['run_set'], r['seed']) for r in with_ci} == {('mlvicx', 0)}
+  for run in with_ci:
+    (path,) = root.glob(f'mlvicx/{run["protocol"]}_{run["fraction"]}_0/'
+                        '*_predictions.npz')
+    data = np.load(path)
+    point = np.mean([sk_metrics.roc_auc_score(data['labels'][:, k],
+                                              data['scores'][:, k])
+                     for k in range(2)])
+    assert run['ci95'][0] <= point <= run['ci95'][1]
+    assert run['ci95'][1] - run['ci95'][0] < 0.2
+
+  with open(out / 'runs.csv', encoding='utf-8') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 3 * 3 + 2 + 3 * 2
+
+
+def test_report_writes_pngs(report_outputs):
+  _, out = report_outputs
+  pngs = sorted(p.name for p in out.glob('*.png'))
+  assert 'mean_auc_vs_fraction_nih.png' in pngs
+  assert 'dice_vs_fraction_siim.png' in pngs
+  assert any(p.startswith('roc_mlvicx_nih_finetune_f0.01_seed0') for p in pngs)
+  for name in pngs:
+    data = (out / name).read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+
+
+def test_report_cli_names_a_run_dir_without_records(tmp_path):
+  empty = tmp_path / 'empty_runs'
+  empty.mkdir()
+  result = subprocess.run(
+      [sys.executable, '-m', 'mlvicx_jax.report', f'--runs={empty}',
+       '--plots=false'],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0
+  assert str(empty) in result.stderr
