@@ -102,8 +102,9 @@ def test_paper_tables_match_shared_markdown():
       checked += 1
   assert checked == 12 * 4 + 20 * 12 + 12 * 4 + 6 * 3
 
-  p_values = dict(re.findall(r'([\d.e-]+) \((\d+%)\)', PAPER_MD.read_text()))
-  for text, frac in ((k, v) for k, v in p_values.items()):
+  p_values = re.findall(r'([\d.]+e-\d+) \((\d+%)\)', PAPER_MD.read_text())
+  assert len(p_values) == 3
+  for text, frac in p_values:
     assert paper_results.SIGNIFICANCE['p_values'][fraction[frac]] == float(
         text)
 

@@ -30,6 +30,7 @@ PAPER_METRIC = {'nih': 'mean_auc', 'vinbig': 'mean_auc',
 TASK_TITLES = {'nih': 'NIH ChestX-ray14', 'vinbig': 'VinBig-CXR',
                'rsna': 'RSNA Pneumonia', 'siim': 'SIIM-ACR Pneumothorax'}
 PROTOCOL_TITLES = {'frozen': 'frozen (linear probe)', 'finetune': 'fine-tune'}
+PROTOCOL_SHORT = {'frozen': 'frozen', 'finetune': 'fine-tune'}
 
 # Table I: NIH ChestX-ray14, fine-tune, mean AUC over 14 classes.
 # method: (1%, 10%, 30%, 100%)

@@ -287,8 +287,10 @@ def write_run_record(out_dir: str, record: Mapping,
   Returns:
     Path of the JSON file.
   """
+  record = validate_record(
+      {k: v for k, v in record.items() if not k.startswith('_')},
+      source='write_run_record')
   stem = record_stem(record)
-  record = {k: v for k, v in record.items() if not k.startswith('_')}
   if predictions is not None:
     arrays = {k: np.asarray(v) for k, v in predictions.items()}
     has_cls = 'labels' in arrays and 'scores' in arrays
@@ -301,7 +303,6 @@ def write_run_record(out_dir: str, record: Mapping,
     if 'class_names' in arrays:
       arrays['class_names'] = arrays['class_names'].astype(str)
     record['predictions'] = stem + PREDICTIONS_SUFFIX
-  record = validate_record(record, source=f'record {stem}')
   os.makedirs(out_dir, exist_ok=True)
   if predictions is not None:
     path = os.path.join(out_dir, record['predictions'])
@@ -639,7 +640,7 @@ def _segmentation_section(metric, rows, all_methods, decimals) -> list[str]:
                        by_column[c]['n'], decimals)
         if c in by_column else _DASH for c in columns])
   header = ['method'] + [
-      f'{paper_results.PROTOCOL_TITLES[p]} {paper_results.format_fraction(f)}'
+      f'{paper_results.PROTOCOL_SHORT[p]} {paper_results.format_fraction(f)}'
       for p, f in columns]
   source = 'paper Table III' if metric == 'dice' else 'not in the paper'
   title = (f'## {paper_results.TASK_TITLES["siim"]}: {METRIC_TITLES[metric]} '
