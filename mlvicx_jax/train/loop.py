@@ -1,0 +1,258 @@
+"""The pretraining loop: data-parallel jit over a mesh, exact resume, logging.
+
+One code path from one CPU to a pod: parameters replicated, batch sharded
+along the mesh's `data` axis, each process feeding its own slice of the
+global batch.
+"""
+import json
+import os
+import signal
+import time
+from typing import Optional
+
+from absl import logging
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mlvicx_jax import checkpoint
+from mlvicx_jax import models
+from mlvicx_jax import optim
+from mlvicx_jax.train import config_check
+from mlvicx_jax.train import data as train_data
+from mlvicx_jax.train import metrics_log
+from mlvicx_jax.train.step import TrainState, make_train_step
+
+DATA_AXIS = 'data'
+# Loss terms in the order to blame when the loss stops being finite.
+_TERMS = ('global/inv', 'global/var', 'global/cov', 'local/inv', 'local/var', 'local/cov', 'loss')
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D data mesh over every device of every process.
+
+  Auto axes: with jax's default Explicit axes, z.T @ z over the sharded
+  batch would be rejected instead of all-reduced.
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def make_optimizer(config, steps_per_epoch: int, total_steps: int):
+  o = config.optim
+  warmup = int(round(o.warmup_epochs * steps_per_epoch))
+  warmup = min(warmup, total_steps)
+  schedule = optim.warmup_cosine_schedule(
+      optim.scaled_lr(o.base_lr, config.global_batch_size), warmup, total_steps,
+      end_factor=o.end_factor, cosine_over=o.cosine_over)
+  tx = optim.lars(schedule, momentum=o.momentum, eta=o.eta, weight_decay=o.weight_decay)
+  return tx, schedule
+
+
+def init_variables(model, config, rng):
+  dummy = jnp.zeros((2, config.image_size, config.image_size, 3), jnp.float32)
+  return model.init(rng, dummy, train=False)
+
+
+def merge_pretrained(variables: dict, path: str) -> tuple[dict, int]:
+  """Overwrites the freshly initialised tensors that a checkpoint provides.
+
+  Every imported tensor must exist in the model with the same shape (an
+  ImageNet ResNet18 fills the trunk; context blocks and heads keep their
+  init). Returns (variables, number of tensors loaded).
+  """
+  loaded, _, _ = checkpoint.restore_model(path)
+  flat_model = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(variables)}
+  flat_loaded = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
+  for key, value in flat_loaded.items():
+    if key not in flat_model:
+      raise checkpoint.CheckpointError(f'init_from {path}: tensor {key} does not exist in the model')
+    if tuple(value.shape) != tuple(flat_model[key].shape):
+      raise checkpoint.CheckpointError(
+          f'init_from {path}: {key} has shape {tuple(value.shape)}, the model expects '
+          f'{tuple(flat_model[key].shape)}')
+  merged = jax.tree_util.tree_map_with_path(
+      lambda p, v: jnp.asarray(flat_loaded.get(jax.tree_util.keystr(p), v), v.dtype), variables)
+  return merged, len(flat_loaded)
+
+
+def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINT_SUBDIR),
+      item_handlers={
+          checkpoint.MODEL: ocp.StandardCheckpointHandler(),
+          checkpoint.META: ocp.JsonCheckpointHandler(),
+          checkpoint.TRAIN: ocp.StandardCheckpointHandler(),
+          checkpoint.DATA_ITER: grain.checkpoint.CheckpointHandler(),
+      },
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=config.keep_last_checkpoints,
+          keep_period=config.keep_every_steps or None,
+          enable_async_checkpointing=config.async_checkpointing))
+
+
+def _save(mngr, state: TrainState, data_iter, meta: dict, force: bool = False):
+  step = int(jax.device_get(state.step))
+  mngr.save(step, force=force, args=ocp.args.Composite(**{
+      checkpoint.MODEL: ocp.args.StandardSave({'params': state.params,
+                                               'batch_stats': state.batch_stats}),
+      checkpoint.META: ocp.args.JsonSave(dict(meta, step=step)),
+      checkpoint.TRAIN: ocp.args.StandardSave({'opt_state': state.opt_state, 'step': state.step}),
+      checkpoint.DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
+  }))
+
+
+def _restore(mngr, step: int, abstract_state: TrainState, data_iter) -> TrainState:
+  restored = mngr.restore(step, args=ocp.args.Composite(**{
+      checkpoint.MODEL: ocp.args.StandardRestore({'params': abstract_state.params,
+                                                  'batch_stats': abstract_state.batch_stats}),
+      checkpoint.TRAIN: ocp.args.StandardRestore({'opt_state': abstract_state.opt_state,
+                                                  'step': abstract_state.step}),
+      checkpoint.DATA_ITER: grain.checkpoint.CheckpointRestore(data_iter),
+  }))
+  model, train = restored[checkpoint.MODEL], restored[checkpoint.TRAIN]
+  return TrainState(step=train['step'], params=model['params'],
+                    batch_stats=model['batch_stats'], opt_state=train['opt_state'])
+
+
+def _first_non_finite(metrics: dict) -> str:
+  for name in _TERMS:
+    if name in metrics and not np.isfinite(metrics[name]):
+      return name
+  return 'loss'
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves at the next step boundary and exits."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint and exiting.')
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) MLVICX in `workdir`; returns the last logged metrics."""
+  config_check.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = make_mesh()
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+
+  data_dir = train_data.ensure_pretraining_data(config, workdir)
+  num_examples = train_data.num_train_examples(data_dir, config)
+  steps_per_epoch = num_examples // config.global_batch_size
+  if steps_per_epoch == 0:
+    raise config_check.ConfigError(
+        f'config.global_batch_size: {config.global_batch_size} exceeds the '
+        f'{num_examples} training images')
+  total_steps = config.num_train_steps if config.num_train_steps > 0 else (
+      config.num_epochs * steps_per_epoch)
+  tx, schedule = make_optimizer(config, steps_per_epoch, total_steps)
+  model = models.build_model(config.model)
+
+  @jax.jit
+  def init_state(rng):
+    variables = init_variables(model, config, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                      batch_stats=variables['batch_stats'],
+                      opt_state=tx.init(variables['params']))
+
+  t0 = time.time()
+  abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
+  abstract_state = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract_state)
+
+  data_iter = iter(train_data.pretraining_loader(data_dir, config))
+  mngr = _checkpoint_manager(workdir, config)
+  meta = {'model_config': checkpoint.config_to_json(config.model), 'source': 'pretraining',
+          'config': json.loads(config.to_json_best_effort())}
+  start = mngr.latest_step()
+  if start is not None:
+    state = _restore(mngr, start, abstract_state, data_iter)
+    logging.info('Resumed from step %d in %s', start, workdir)
+  else:
+    state = jax.jit(init_state, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+    if config.init_from:
+      variables, count = merge_pretrained(
+          {'params': state.params, 'batch_stats': state.batch_stats}, config.init_from)
+      variables = jax.device_put(variables, replicated)
+      state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+      logging.info('Initialised %d tensors from %s', count, config.init_from)
+    start = 0
+
+  train_step = jax.jit(make_train_step(model, tx, schedule, config.loss),
+                       in_shardings=(replicated, batch_sharding),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  writer = metrics_log.MetricsWriter(workdir, total_steps, initial_step=start)
+  preemption = _Preemption()
+  pending = None  # (step, device metrics) of the previous step, checked one step late
+  last_logged = {}
+  window_start, window_steps = time.time(), 0
+
+  def check(step, device_metrics):
+    host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    if not np.isfinite(host['loss']):
+      term = _first_non_finite(host)
+      raise NonFiniteLossError(
+          f'non-finite loss at step {step}: {term} = {host.get(term)}; the last '
+          f'checkpoint is the last good state ({mngr.latest_step()})')
+    return host
+
+  try:
+    step = start
+    while step < total_steps:
+      batch = next(data_iter)
+      if step == config.inject_nan_at_step:
+        batch = dict(batch, view1=batch['view1'] * np.float32('nan'))
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+               for k, v in batch.items() if k in ('view1', 'view2')}
+      state, device_metrics = train_step(state, batch)
+      if step == start:
+        logging.info('First step (with compilation) took %.1fs', time.time() - t0)
+      if pending is not None:
+        host = check(*pending)
+        if pending[0] % config.log_every_steps == 0 or pending[0] == start:
+          elapsed = time.time() - window_start
+          host['pairs_per_second'] = window_steps * config.global_batch_size / max(elapsed, 1e-9)
+          writer.write(pending[0], host)
+          last_logged = host
+          window_start, window_steps = time.time(), 0
+      pending = (step, device_metrics)
+      step += 1
+      window_steps += 1
+      writer.advance()
+      should_save = step % config.checkpoint_every_steps == 0 or step == total_steps
+      stop = preemption.requested or mngr.reached_preemption(step)
+      if should_save or stop:
+        host = check(*pending)  # never checkpoint a state that followed a NaN
+        _save(mngr, state, data_iter, meta, force=stop)
+        if stop:
+          mngr.wait_until_finished()
+          logging.warning('Stopped at step %d after a preemption signal.', step)
+          last_logged = dict(host, preempted=True)
+          return last_logged
+    if pending is not None:
+      last_logged = check(*pending)
+      writer.write(pending[0], last_logged)
+    mngr.wait_until_finished()
+    return last_logged
+  finally:
+    preemption.restore()
+    writer.close()
+    mngr.close()
