@@ -1,0 +1,440 @@
+r"""Synthetic chest X-ray datasets in the exact on-disk layout of the real ones.
+
+  python -m mlvicx_jax.data.synthetic --dataset=nih --out=RAW --num_images=500 \
+      --seed=0 [--image_size=256] [--nih_layout=images|kaggle]
+
+The images come from `phantom` (anatomy plus findings); every label, box and
+mask is derived from what was drawn, so a model can learn them. The files
+mimic the real releases (SPEC section 3), formats included:
+
+  nih:    Data_Entry_2017.csv (real columns), train_val_list.txt,
+          test_list.txt (patient-disjoint), PNGs in images/ or the Kaggle
+          images_001/images/ ... layout; a few PNGs are RGBA as in the real set.
+  vinbig: train.csv with one row per box per radiologist (3 readers per
+          image, each missing a finding now and then and rarely marking a
+          false one, so 'any' and 'majority' labels differ), 16-bit DICOMs
+          train/<image_id>.dicom, half MONOCHROME1, with window centre/width,
+          rescale slope/intercept or a VOI LUT sequence.
+  rsna:   stage_2_train_labels.csv (one row per box), stage_2_detailed_class_info.csv,
+          JPEG-baseline DICOMs stage_2_train_images/<patientId>.dcm.
+  siim:   train-rle.csv (SIIM relative column-major RLE, several rows for
+          some images), JPEG-baseline DICOMs
+          dicom-images-train/<study>/<series>/<ImageId>.dcm.
+
+The JPEG-baseline DICOMs are encoded with Pillow and encapsulated with
+pydicom (pydicom cannot encode JPEG itself); pydicom decodes them with its
+Pillow plugin.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import uuid
+from typing import Sequence
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image
+import tqdm
+
+from mlvicx_jax.data import info as info_lib
+from mlvicx_jax.data import phantom
+from mlvicx_jax.data import rle as rle_lib
+
+# Relative frequencies of findings among abnormal images: common classes more
+# often, but every class frequent enough to be learnable from ~1k images.
+NIH_WEIGHTS = {
+    'Atelectasis': 1.3, 'Cardiomegaly': 1.2, 'Effusion': 1.5, 'Infiltration': 1.5,
+    'Mass': 0.9, 'Nodule': 1.1, 'Pneumonia': 0.6, 'Pneumothorax': 1.0,
+    'Consolidation': 0.9, 'Edema': 0.7, 'Emphysema': 0.8, 'Fibrosis': 0.7,
+    'Pleural_Thickening': 0.8, 'Hernia': 0.5}
+NIH_TO_PHANTOM = {name: name.lower() for name in info_lib.NIH_CLASSES}
+NIH_CHRONIC = ('Cardiomegaly', 'Emphysema', 'Fibrosis', 'Pleural_Thickening',
+               'Nodule', 'Mass', 'Hernia')
+
+VINBIG_WEIGHTS = {
+    'Aortic enlargement': 1.4, 'Atelectasis': 0.7, 'Calcification': 0.8,
+    'Cardiomegaly': 1.3, 'Consolidation': 0.7, 'ILD': 0.7, 'Infiltration': 0.8,
+    'Lung Opacity': 1.1, 'Nodule/Mass': 1.0, 'Other lesion': 0.8,
+    'Pleural effusion': 1.0, 'Pleural thickening': 1.2, 'Pneumothorax': 0.5,
+    'Pulmonary fibrosis': 1.1}
+VINBIG_TO_PHANTOM = {
+    'Aortic enlargement': 'aortic_enlargement', 'Atelectasis': 'atelectasis',
+    'Calcification': 'calcification', 'Cardiomegaly': 'cardiomegaly',
+    'Consolidation': 'consolidation', 'ILD': 'ild', 'Infiltration': 'infiltration',
+    'Lung Opacity': 'lung_opacity', 'Nodule/Mass': None,  # nodule or mass.
+    'Other lesion': 'other_lesion', 'Pleural effusion': 'effusion',
+    'Pleural thickening': 'pleural_thickening', 'Pneumothorax': 'pneumothorax',
+    'Pulmonary fibrosis': 'fibrosis'}
+VINBIG_READERS = tuple(f'R{i}' for i in range(1, 18))
+VINBIG_DETECTION = 0.85  # Chance that a reader marks a drawn finding.
+VINBIG_FALSE_MARK = 0.03  # Chance that a reader marks one finding not drawn.
+
+# Findings seen on negatives of the binary datasets ("not normal, no opacity").
+OTHER_FINDINGS = ('nodule', 'effusion', 'cardiomegaly', 'atelectasis',
+                  'pleural_thickening', 'emphysema', 'mass')
+
+NORMAL_FRACTION = 0.45
+# Before chronic findings carry over to follow-ups; ends near 45% 'No Finding'.
+NIH_NORMAL_FRACTION = 0.49
+POSITIVE_FRACTION = {'rsna': 0.35, 'siim': 0.4}
+
+
+def _sample_findings(rng, weights: dict[str, float],
+                     normal_fraction: float = NORMAL_FRACTION) -> list[str]:
+  """Label names of one image: none with `normal_fraction`, else 1-4 weighted."""
+  if rng.random() < normal_fraction:
+    return []
+  names = list(weights)
+  p = np.array([weights[n] for n in names])
+  count = 1 + rng.binomial(3, 0.22)
+  return [names[i] for i in rng.choice(len(names), count, replace=False, p=p / p.sum())]
+
+
+def _nih_cooccur(rng, labels: list[str]) -> list[str]:
+  """Edema comes with a big heart and effusions more often than not."""
+  labels = set(labels)
+  if 'Edema' in labels:
+    if rng.random() < 0.5:
+      labels.add('Cardiomegaly')
+    if rng.random() < 0.4:
+      labels.add('Effusion')
+  if 'Cardiomegaly' in labels and rng.random() < 0.25:
+    labels.add('Effusion')
+  return sorted(labels)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+  return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def _save_png(path: str, pixels: np.ndarray, rgba: bool = False) -> None:
+  image = Image.fromarray(pixels)
+  if rgba:
+    image = image.convert('RGBA')
+  image.save(path, format='PNG', compress_level=1)
+
+
+# ----------------------------------------------------------------------------
+# DICOM writing.
+
+
+def _uid(rng) -> str:
+  from pydicom.uid import generate_uid  # pylint: disable=g-import-not-at-top
+  return generate_uid(prefix='1.2.276.0.7230010.3.1.4.', entropy_srcs=[rng.bytes(16).hex()])
+
+
+def write_dicom(path: str, pixels: np.ndarray, *, patient_id: str,
+                study_uid: str, series_uid: str, sop_uid: str,
+                photometric: str = 'MONOCHROME2', bits_stored: int = 8,
+                window: tuple[float, float] | None = None,
+                rescale: tuple[float, float] | None = None,
+                voi_lut: tuple[int, np.ndarray, int] | None = None,
+                jpeg: bool = False) -> None:
+  """Writes a single-frame grayscale DICOM (uncompressed, or JPEG baseline).
+
+  window: (centre, width); rescale: (slope, intercept); voi_lut:
+  (first_mapped_value, lut_entries, bits_per_entry).
+  """
+  import pydicom  # pylint: disable=g-import-not-at-top
+  from pydicom.dataset import FileMetaDataset  # pylint: disable=g-import-not-at-top
+  from pydicom.encaps import encapsulate  # pylint: disable=g-import-not-at-top
+  from pydicom import uid as uids  # pylint: disable=g-import-not-at-top
+
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = uids.DigitalXRayImageStorageForPresentation
+  meta.MediaStorageSOPInstanceUID = sop_uid
+  meta.TransferSyntaxUID = uids.JPEGBaseline8Bit if jpeg else uids.ExplicitVRLittleEndian
+  ds = pydicom.Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, sop_uid
+  ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+  ds.PatientID, ds.Modality, ds.BodyPartExamined = patient_id, 'CR', 'CHEST'
+  ds.ViewPosition = 'PA'
+  ds.Rows, ds.Columns = pixels.shape
+  ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+  ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
+  ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, 0
+  if window is not None:
+    ds.WindowCenter, ds.WindowWidth = f'{window[0]:.1f}', f'{window[1]:.1f}'
+  if rescale is not None:
+    ds.RescaleSlope, ds.RescaleIntercept = f'{rescale[0]:g}', f'{rescale[1]:g}'
+    ds.RescaleType = 'US'
+  if voi_lut is not None:
+    first, lut, lut_bits = voi_lut
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [len(lut) % 65536, int(first), lut_bits]
+    item.LUTData = [int(x) for x in lut]
+    ds.VOILUTSequence = pydicom.Sequence([item])
+    ds['VOILUTSequence'][0]['LUTData'].VR = 'US'
+  if jpeg:
+    if pixels.dtype != np.uint8:
+      raise ValueError('JPEG baseline needs 8-bit pixels')
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format='JPEG', quality=92)
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds['PixelData'].VR = 'OB'
+    ds.LossyImageCompression = '01'
+  else:
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds['PixelData'].VR = 'OW' if pixels.dtype != np.uint8 else 'OB'
+  ds.save_as(path, enforce_file_format=True)
+
+
+def _vinbig_encoding(rng, image: np.ndarray) -> dict:
+  """Stores a [0, 1] film as VinBig-like 16-bit pixels plus display tags.
+
+  Every variant displays as the film again through images.dicom_to_unit.
+  """
+  bits = int(rng.choice([12, 14, 16]))
+  mode = rng.choice(['window', 'plain', 'rescale', 'voi_lut'], p=[0.4, 0.25, 0.2, 0.15])
+  if mode == 'voi_lut':
+    bits = 12
+  top = 2 ** bits - 1
+  low = rng.uniform(0.02, 0.3) * top
+  high = min(top, low + rng.uniform(0.4, 0.65) * top)
+  stored = low + image * (high - low)
+  monochrome1 = rng.random() < 0.5
+  if monochrome1:  # Dense is dark in the stored values: mirror the range.
+    stored = low + high - stored
+  out = {'pixels': np.round(stored).astype(np.uint16), 'bits_stored': bits,
+         'photometric': 'MONOCHROME1' if monochrome1 else 'MONOCHROME2'}
+  centre, width = (low + high) / 2, high - low
+  if mode == 'window':
+    out['window'] = (centre, width)
+  elif mode == 'rescale':
+    slope, intercept = float(rng.choice([1.0, 2.0])), -1024.0
+    out['rescale'] = (slope, intercept)
+    out['window'] = (slope * centre + intercept, slope * width)
+  elif mode == 'voi_lut':
+    entries = np.arange(top + 1)
+    lut = np.clip((entries - low) / (high - low), 0, 1) * 4095
+    out['voi_lut'] = (0, np.round(lut).astype(np.uint16), 12)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Datasets.
+
+
+def _generate_nih(rng, out: str, num_images: int, size: int, layout: str):
+  rows, names_by_patient = [], {}
+  patient_id = 0
+  per_folder = max(1, math.ceil(num_images / 12))
+  with tqdm.tqdm(total=num_images, desc='nih', unit='img') as progress:
+    while len(rows) < num_images:
+      patient_id += 1
+      patient = phantom.sample_patient(rng)
+      age, sex = int(rng.integers(18, 90)), 'F' if patient.female else 'M'
+      previous: list[str] = []
+      follow_ups = int(rng.choice([1, 2, 3, 4], p=[0.5, 0.25, 0.15, 0.1]))
+      for follow_up in range(min(follow_ups, num_images - len(rows))):
+        labels = _sample_findings(rng, NIH_WEIGHTS, NIH_NORMAL_FRACTION)
+        labels += [f for f in previous if f in NIH_CHRONIC and rng.random() < 0.5]
+        labels = _nih_cooccur(rng, labels)
+        view = 'AP' if rng.random() < 0.3 else 'PA'
+        film = phantom.render(rng, size, size, [NIH_TO_PHANTOM[f] for f in labels],
+                              patient=patient, view=view)
+        name = f'{patient_id:08d}_{follow_up:03d}.png'
+        rows.append({'Image Index': name,
+                     'Finding Labels': '|'.join(labels) or info_lib.NIH_NO_FINDING,
+                     'Follow-up #': follow_up, 'Patient ID': patient_id,
+                     'Patient Age': age + follow_up // 2, 'Patient Gender': sex,
+                     'View Position': view})
+        # Real layout: images/, or 12 Kaggle folders images_001/images/ ...
+        folder = (os.path.join(out, 'images') if layout == 'images' else os.path.join(
+            out, f'images_{(len(rows) - 1) // per_folder + 1:03d}', 'images'))
+        os.makedirs(folder, exist_ok=True)
+        _save_png(os.path.join(folder, name), _to_uint8(film.image),
+                  rgba=rng.random() < 0.03)
+        names_by_patient.setdefault(patient_id, []).append(name)
+        previous = labels
+        progress.update(1)
+
+  with open(os.path.join(out, 'Data_Entry_2017.csv'), 'w', newline='') as f:
+    # The real header: brackets split by the CSV commas, and a trailing comma.
+    f.write('Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,'
+            'Patient Gender,View Position,OriginalImage[Width,Height],'
+            'OriginalImagePixelSpacing[x,y],\n')
+    writer = csv.writer(f, lineterminator='\n')
+    for row in rows:
+      writer.writerow([row['Image Index'], row['Finding Labels'], row['Follow-up #'],
+                       row['Patient ID'], row['Patient Age'], row['Patient Gender'],
+                       row['View Position'], size, size, 0.143, 0.143, ''])
+  # Official split: patient-disjoint, ~22% of patients in the test list.
+  patients = sorted(names_by_patient)
+  test_patients = set(rng.choice(patients, max(1, round(0.22 * len(patients))),
+                                 replace=False).tolist()) if len(patients) > 1 else set()
+  for file_name, chosen in (('train_val_list.txt', False), ('test_list.txt', True)):
+    names = sorted(n for p in patients if (p in test_patients) == chosen
+                   for n in names_by_patient[p])
+    with open(os.path.join(out, file_name), 'w') as f:
+      f.write(''.join(n + '\n' for n in names))
+  return {'num_images': len(rows), 'num_patients': len(patients),
+          'num_no_finding': sum(r['Finding Labels'] == info_lib.NIH_NO_FINDING for r in rows)}
+
+
+def _generate_vinbig(rng, out: str, num_images: int, size: int):
+  class_id = {name: i for i, name in enumerate(info_lib.VINBIG_CLASSES)}
+  os.makedirs(os.path.join(out, 'train'), exist_ok=True)
+  rows, normal = [], 0
+  for _ in tqdm.trange(num_images, desc='vinbig', unit='img'):
+    image_id = rng.bytes(16).hex()
+    labels = _sample_findings(rng, VINBIG_WEIGHTS)
+    kinds = {}
+    for label in labels:
+      kind = VINBIG_TO_PHANTOM[label]
+      kinds[label] = kind or ('mass' if rng.random() < 0.35 else 'nodule')
+    height = int(round(size * rng.uniform(1.0, 1.2)))  # Portrait films.
+    film = phantom.render(rng, height, size, sorted(kinds.values()))
+    encoded = _vinbig_encoding(rng, film.image)
+    write_dicom(os.path.join(out, 'train', f'{image_id}.dicom'), encoded.pop('pixels'),
+                patient_id='', study_uid=_uid(rng), series_uid=_uid(rng),
+                sop_uid=_uid(rng), **encoded)
+    readers = rng.choice(VINBIG_READERS, 3, replace=False)
+    normal += not labels
+    for reader in readers:
+      marks = []
+      for label, kind in kinds.items():
+        for footprint in film.footprints[kind]:
+          box = phantom.box_of(footprint)
+          if box is not None and rng.random() < VINBIG_DETECTION:
+            marks.append((label, _jitter_box(rng, box, size, height)))
+      if rng.random() < VINBIG_FALSE_MARK:
+        label = str(rng.choice([c for c in info_lib.VINBIG_CLASSES if c not in kinds]))
+        x0, y0 = rng.uniform(0.2, 0.6) * size, rng.uniform(0.2, 0.6) * height
+        marks.append((label, (x0, y0, x0 + 0.15 * size, y0 + 0.15 * height)))
+      if not marks:
+        rows.append([image_id, info_lib.VINBIG_NO_FINDING, info_lib.VINBIG_NO_FINDING_ID,
+                     reader, '', '', '', ''])
+      for label, box in marks:
+        rows.append([image_id, label, class_id[label], reader,
+                     *(f'{v:.1f}' for v in box)])
+  with open(os.path.join(out, 'train.csv'), 'w', newline='') as f:
+    writer = csv.writer(f, lineterminator='\n')
+    writer.writerow(['image_id', 'class_name', 'class_id', 'rad_id',
+                     'x_min', 'y_min', 'x_max', 'y_max'])
+    writer.writerows(rows)
+  return {'num_images': num_images, 'num_no_finding_drawn': normal}
+
+
+def _jitter_box(rng, box, width, height):
+  x0, y0, x1, y1 = box
+  jitter = rng.normal(0, 0.015, 4) * np.array([width, height, width, height])
+  x0, y0, x1, y1 = np.array([x0, y0, x1, y1]) + jitter
+  return (max(0.0, x0), max(0.0, y0), min(float(width), max(x1, x0 + 1)),
+          min(float(height), max(y1, y0 + 1)))
+
+
+def _generate_rsna(rng, out: str, num_images: int, size: int):
+  folder = os.path.join(out, 'stage_2_train_images')
+  os.makedirs(folder, exist_ok=True)
+  labels_rows, class_rows, positives = [], [], 0
+  for _ in tqdm.trange(num_images, desc='rsna', unit='img'):
+    patient_id = str(uuid.UUID(bytes=rng.bytes(16)))
+    positive = rng.random() < POSITIVE_FRACTION['rsna']
+    findings = ['pneumonia'] if positive else _other_findings(rng)
+    film = phantom.render(rng, size, size, findings)
+    write_dicom(os.path.join(folder, f'{patient_id}.dcm'), _to_uint8(film.image),
+                patient_id=patient_id, study_uid=_uid(rng), series_uid=_uid(rng),
+                sop_uid=_uid(rng), jpeg=True)
+    if positive:
+      positives += 1
+      for footprint in film.footprints['pneumonia']:
+        box = phantom.box_of(footprint)
+        if box is not None:
+          x0, y0, x1, y1 = box
+          labels_rows.append([patient_id, x0, y0, x1 - x0, y1 - y0, 1])
+      class_rows.append([patient_id, 'Lung Opacity'])
+    else:
+      labels_rows.append([patient_id, '', '', '', '', 0])
+      class_rows.append([patient_id, 'No Lung Opacity / Not Normal' if findings else 'Normal'])
+  _write_csv(os.path.join(out, 'stage_2_train_labels.csv'),
+             ['patientId', 'x', 'y', 'width', 'height', 'Target'], labels_rows)
+  _write_csv(os.path.join(out, 'stage_2_detailed_class_info.csv'),
+             ['patientId', 'class'], class_rows)
+  return {'num_images': num_images, 'num_positive': positives}
+
+
+def _generate_siim(rng, out: str, num_images: int, size: int):
+  rows, positives = [], 0
+  for _ in tqdm.trange(num_images, desc='siim', unit='img'):
+    study, series, image_id = _uid(rng), _uid(rng), _uid(rng)
+    positive = rng.random() < POSITIVE_FRACTION['siim']
+    findings = ['pneumothorax'] if positive else _other_findings(rng, 0.25)
+    film = phantom.render(rng, size, size, findings)
+    folder = os.path.join(out, 'dicom-images-train', study, series)
+    os.makedirs(folder, exist_ok=True)
+    write_dicom(os.path.join(folder, f'{image_id}.dcm'), _to_uint8(film.image),
+                patient_id=str(uuid.UUID(bytes=rng.bytes(16))), study_uid=study,
+                series_uid=series, sop_uid=image_id, jpeg=True)
+    masks = [f > 0.5 for f in film.footprints.get('pneumothorax', [])]
+    masks = [m for m in masks if m.any()]
+    if not masks:
+      rows.append([image_id, ' -1'])
+      continue
+    positives += 1
+    for mask in masks:
+      if rng.random() < 0.25:  # Some regions come as two rows: unioned on read.
+        cut = int(np.flatnonzero(mask.any(axis=1)).mean())
+        upper, lower = mask.copy(), mask.copy()
+        upper[cut:], lower[:cut] = False, False
+        parts = [p for p in (upper, lower) if p.any()]
+      else:
+        parts = [mask]
+      rows.extend([image_id, ' ' + rle_lib.rle_encode(p)] for p in parts)
+  _write_csv(os.path.join(out, 'train-rle.csv'), ['ImageId', ' EncodedPixels'], rows)
+  return {'num_images': num_images, 'num_positive': positives}
+
+
+def _other_findings(rng, probability: float = 0.45) -> list[str]:
+  if rng.random() >= probability:
+    return []
+  count = 1 + int(rng.random() < 0.3)
+  return sorted(rng.choice(OTHER_FINDINGS, count, replace=False).tolist())
+
+
+def _write_csv(path: str, header: Sequence[str], rows) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f, lineterminator='\n')
+    writer.writerow(header)
+    writer.writerows(rows)
+
+
+def generate(dataset: str, out: str, num_images: int, seed: int = 0,
+             image_size: int = 256, nih_layout: str = 'images') -> dict:
+  """Writes `num_images` synthetic images of `dataset` into `out`; returns counts."""
+  if dataset not in info_lib.DATASETS:
+    raise ValueError(f'unknown dataset {dataset!r}; expected one of {info_lib.DATASETS}')
+  if nih_layout not in ('images', 'kaggle'):
+    raise ValueError(f"nih_layout must be 'images' or 'kaggle', got {nih_layout!r}")
+  os.makedirs(out, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  if dataset == 'nih':
+    return _generate_nih(rng, out, num_images, image_size, nih_layout)
+  return {'vinbig': _generate_vinbig, 'rsna': _generate_rsna,
+          'siim': _generate_siim}[dataset](rng, out, num_images, image_size)
+
+
+_DATASET = flags.DEFINE_enum('dataset', None, list(info_lib.DATASETS), 'Layout to write.')
+_OUT = flags.DEFINE_string('out', None, 'Output folder (a manual_dir for prepare).')
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 200, 'Number of images.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Image width in pixels (real: 1024+).')
+_NIH_LAYOUT = flags.DEFINE_enum('nih_layout', 'images', ['images', 'kaggle'],
+                                "NIH: images/ or Kaggle's images_001/images/ ...")
+
+
+def main(argv):
+  del argv
+  summary = generate(_DATASET.value, _OUT.value, _NUM_IMAGES.value, _SEED.value,
+                     _IMAGE_SIZE.value, _NIH_LAYOUT.value)
+  print(f'{_DATASET.value} -> {_OUT.value}: {summary}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['dataset', 'out'])
+  app.run(main)
