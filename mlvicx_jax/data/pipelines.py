@@ -1,0 +1,321 @@
+"""grain input pipelines over the array_record builds (`tfds.data_source`).
+
+Three loaders, each returning a `grain.DataLoader`; `iter(loader)` gives an
+iterator with `get_state()` / `set_state()` (JSON bytes), which the trainer
+stores in its checkpoint to resume mid-epoch:
+
+  pretrain_loader        {'view1', 'view2'}: two augmented views, float32
+                         (B, H, W, 3), ImageNet-normalised; full batches only.
+  classification_loader  {'image', 'label' (B, K), 'file_name', 'mask' (B,)}.
+  segmentation_loader    {'image', 'mask_target' (B, H, W, 1), 'label',
+                         'file_name', 'mask' (B,)}.
+
+'mask' marks real examples: batches keep a static shape, and the padding
+rows (mask False) must be left out of losses and metrics. Evaluation visits
+every example exactly once; every process gets the same number of batches.
+Each process reads its own shard (by default jax.process_index() of
+jax.process_count()); B is the per-process batch.
+
+`dataset` is 'nih', 'vinbig', 'rsna' or 'siim' (the one build under
+data_dir, or its default config 's256' / 's256_any'), or 'name/config' such
+as 'nih/s128' or 'vinbig/s256_majority'.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from mlvicx_jax.data import augment
+from mlvicx_jax.data import info as info_lib
+from mlvicx_jax.data import splits as splits_lib
+
+label_fraction_indices = splits_lib.label_fraction_indices
+dataset_info = info_lib.dataset_info
+
+
+# ----------------------------------------------------------------------------
+# Sources.
+
+
+def resolve_dataset(data_dir: str, dataset: str) -> str:
+  """'name' or 'name/config' -> the 'name/config' built under data_dir."""
+  name, _, config = dataset.partition('/')
+  info_lib.dataset_info(name)  # Validates the name.
+  if config:
+    return dataset
+  root = os.path.join(data_dir, name)
+  built = sorted(c for c in (os.listdir(root) if os.path.isdir(root) else [])
+                 if not c.startswith('.') and os.path.isdir(os.path.join(root, c)))
+  if len(built) == 1:
+    return f'{name}/{built[0]}'
+  for default in ('s256', 's256_any'):
+    if default in built:
+      return f'{name}/{default}'
+  if not built:
+    raise FileNotFoundError(
+        f'no build of {name!r} under {root}; run python -m mlvicx_jax.data.prepare '
+        f'--dataset={name} --manual_dir=RAW --data_dir={data_dir}')
+  raise ValueError(f'several builds of {name!r} under {root}: {built}; '
+                   f'pass dataset="{name}/<config>"')
+
+
+def data_source(data_dir: str, dataset: str, split: str, decoders=None):
+  """Random-access source of decoded examples (image (S, S, 1) uint8, ...)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name = resolve_dataset(data_dir, dataset)
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                            decoders=decoders)
+  except Exception as e:  # tfds errors do not always name the folder.
+    raise type(e)(f'cannot open split {split!r} of {name} in {data_dir}: {e}') from e
+
+
+def num_examples(data_dir: str, dataset: str, split: str) -> int:
+  return len(data_source(data_dir, dataset, split))
+
+
+def file_names(data_dir: str, dataset: str, split: str) -> list[str]:
+  """File names of a split in record order, without decoding images."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  skip = tfds.decode.SkipDecoding()
+  info = info_lib.dataset_info(dataset)
+  decoders = {'image': skip, **({'mask': skip} if info.has_mask else {})}
+  source = data_source(data_dir, dataset, split, decoders=decoders)
+  return [source[i]['file_name'].decode('utf-8') for i in range(len(source))]
+
+
+class SubsetSource:
+  """The records of `source` at `indices` (label-fraction subsets)."""
+
+  def __init__(self, source, indices: Sequence[int]):
+    self._source = source
+    self._indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int):
+    return self._source[int(self._indices[index])]
+
+
+class PaddedSource:
+  """`source` followed by padding records (flagged '_valid' False) up to `length`."""
+
+  def __init__(self, source, length: int):
+    self._source = source
+    self._length = length
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int):
+    real = index < len(self._source)
+    record = dict(self._source[index if real else 0])
+    record['_valid'] = real
+    return record
+
+
+def _shard(shard_index, shard_count) -> tuple[int, int]:
+  if shard_index is None or shard_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f'shard_index {shard_index} not in [0, {shard_count})')
+  return shard_index, shard_count
+
+
+def _loader(source, *, operations, shard, shuffle, seed, num_epochs, worker_count,
+            drop_remainder):
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source),
+      shard_options=grain.sharding.ShardOptions(shard[0], shard[1],
+                                                drop_remainder=drop_remainder),
+      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  return grain.DataLoader(
+      data_source=source, sampler=sampler, operations=operations,
+      worker_count=worker_count, worker_buffer_size=2,
+      read_options=grain.ReadOptions(num_threads=4, prefetch_buffer_size=64))
+
+
+# ----------------------------------------------------------------------------
+# Transforms (module-level classes: worker processes unpickle them).
+
+
+class TwoViews(grain.transforms.RandomMap):
+  """Two independently augmented, normalised views of one image."""
+
+  def __init__(self, image_size: int, aug):
+    aug = augment._as_dict(aug)  # pylint: disable=protected-access
+    self._size = image_size
+    self._views = (aug['view1'], aug['view2'])
+    self._mean, self._std = aug['mean'], aug['std']
+
+  def random_map(self, element, rng: np.random.Generator):
+    image = element['image'][..., 0]
+    return {name: augment.normalize(augment.augment_view(image, rng, cfg, self._size),
+                                    self._mean, self._std)
+            for name, cfg in zip(('view1', 'view2'), self._views)}
+
+
+class _Supervised:
+  """Common output of classification/segmentation examples."""
+
+  def __init__(self, image_size: int, aug, segmentation: bool):
+    aug = augment._as_dict(aug)  # pylint: disable=protected-access
+    self._size = image_size
+    self._view = aug['view']
+    self._mean, self._std = aug['mean'], aug['std']
+    self._segmentation = segmentation
+
+  def _output(self, element, image, mask_target):
+    valid = element.get('_valid', True)
+    out = {'image': augment.normalize(image, self._mean, self._std),
+           'label': np.asarray(element['label'], np.float32) * valid,
+           'file_name': element['file_name'] if valid else b'',
+           'mask': np.bool_(valid)}
+    if self._segmentation:
+      out['mask_target'] = (mask_target > 127).astype(np.float32)[..., None]
+    return out
+
+
+class TrainExample(_Supervised, grain.transforms.RandomMap):
+  """Random crop, flip and mild jitter (mask: same geometry, nearest)."""
+
+  def random_map(self, element, rng: np.random.Generator):
+    image = element['image'][..., 0]
+    if self._segmentation:
+      image, mask = augment.augment_image_and_mask(
+          image, element['mask'][..., 0], rng, self._view, self._size)
+      return self._output(element, image, mask)
+    return self._output(element, augment.augment_view(image, rng, self._view, self._size), None)
+
+
+class EvalExample(_Supervised, grain.transforms.Map):
+  """Deterministic resize of the whole image (and mask, nearest)."""
+
+  def map(self, element):
+    image = augment.resize_unit(element['image'][..., 0], self._size)
+    mask = (augment.resize_unit(element['mask'][..., 0], self._size, nearest=True)
+            if self._segmentation else None)
+    return self._output(element, image, mask)
+
+
+class PadBatch(grain.transforms.Map):
+  """Pads a short batch to batch_size with zero rows whose 'mask' is False."""
+
+  def __init__(self, batch_size: int):
+    self._batch_size = batch_size
+
+  def map(self, batch):
+    count = len(batch['mask'])
+    if count == self._batch_size:
+      return batch
+    padded = {}
+    for key, value in batch.items():
+      value = np.asarray(value)
+      fill = np.zeros((self._batch_size - count,) + value.shape[1:], value.dtype)
+      padded[key] = np.concatenate([value, fill])
+    return padded
+
+
+# ----------------------------------------------------------------------------
+# Loaders.
+
+
+def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
+                    image_size: int, global_batch_size: int, seed: int,
+                    aug=None, worker_count: int = 0, num_epochs: int | None = None,
+                    shard_index: int | None = None, shard_count: int | None = None):
+  """Shuffled two-view batches {'view1', 'view2'} of global_batch_size / shard_count.
+
+  Labels are not read. Batches never straddle a short remainder
+  (drop_remainder); with num_epochs=None the stream is endless and each
+  epoch is a new permutation.
+  """
+  shard = _shard(shard_index, shard_count)
+  if global_batch_size % shard[1]:
+    raise ValueError(f'global_batch_size {global_batch_size} is not divisible by '
+                     f'{shard[1]} processes')
+  aug = augment.default_augment_config() if aug is None else aug
+  source = data_source(data_dir, dataset, split)
+  batch_size = global_batch_size // shard[1]
+  if len(source) // shard[1] < batch_size:
+    raise ValueError(f'{dataset} {split}: {len(source)} examples cannot fill one batch '
+                     f'of {batch_size} per process')
+  return _loader(source, operations=[TwoViews(image_size, aug),
+                                     grain.transforms.Batch(batch_size, drop_remainder=True)],
+                 shard=shard, shuffle=True, seed=seed, num_epochs=num_epochs,
+                 worker_count=worker_count, drop_remainder=True)
+
+
+def _supervised_loader(data_dir, dataset, *, split, image_size, batch_size, seed, train,
+                       label_fraction, worker_count, num_epochs, shard_index, shard_count,
+                       aug, segmentation):
+  shard = _shard(shard_index, shard_count)
+  aug = augment.default_classification_augment_config() if aug is None else aug
+  source = data_source(data_dir, dataset, split)
+  if label_fraction < 1.0:
+    names = file_names(data_dir, dataset, split)
+    source = SubsetSource(source, label_fraction_indices(names, label_fraction, seed))
+  if train:
+    transform = TrainExample(image_size, aug, segmentation)
+    return _loader(source, operations=[transform, grain.transforms.Batch(batch_size),
+                                       PadBatch(batch_size)],
+                   shard=shard, shuffle=True, seed=seed, num_epochs=num_epochs,
+                   worker_count=worker_count, drop_remainder=True)
+  # Evaluation: pad so that every process and worker ends on a full batch.
+  chunk = batch_size * max(1, worker_count)
+  per_shard = math.ceil(math.ceil(len(source) / shard[1]) / chunk) * chunk
+  padded = PaddedSource(source, per_shard * shard[1])
+  return _loader(padded, operations=[EvalExample(image_size, aug, segmentation),
+                                     grain.transforms.Batch(batch_size), PadBatch(batch_size)],
+                 shard=shard, shuffle=False, seed=None, num_epochs=num_epochs,
+                 worker_count=worker_count, drop_remainder=True)
+
+
+def classification_loader(data_dir: str, dataset: str, *, split: str, image_size: int,
+                          batch_size: int, seed: int, train: bool,
+                          label_fraction: float = 1.0, worker_count: int = 0,
+                          num_epochs: int | None = 1, shard_index: int | None = None,
+                          shard_count: int | None = None, aug=None):
+  """Batches {'image', 'label', 'file_name', 'mask'} of batch_size per process.
+
+  train: shuffled, augmented (aug: default_classification_augment_config()),
+  on the seeded label_fraction subset (label_fraction_indices over file
+  names, nested across fractions). Otherwise deterministic, in record order,
+  each example once (num_epochs=1).
+  """
+  return _supervised_loader(
+      data_dir, dataset, split=split, image_size=image_size, batch_size=batch_size,
+      seed=seed, train=train, label_fraction=label_fraction, worker_count=worker_count,
+      num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count, aug=aug,
+      segmentation=False)
+
+
+def segmentation_loader(data_dir: str, dataset: str = 'siim', *, split: str,
+                        image_size: int, batch_size: int, seed: int, train: bool,
+                        label_fraction: float = 1.0, worker_count: int = 0,
+                        num_epochs: int | None = 1, shard_index: int | None = None,
+                        shard_count: int | None = None, aug=None):
+  """As classification_loader, plus 'mask_target' (B, H, W, 1) float32 0/1."""
+  if not info_lib.dataset_info(dataset).has_mask:
+    raise ValueError(f'{dataset} has no segmentation masks')
+  return _supervised_loader(
+      data_dir, dataset, split=split, image_size=image_size, batch_size=batch_size,
+      seed=seed, train=train, label_fraction=label_fraction, worker_count=worker_count,
+      num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count, aug=aug,
+      segmentation=True)
+
+
+def steps_per_epoch(data_dir: str, dataset: str, split: str, global_batch_size: int,
+                    label_fraction: float = 1.0) -> int:
+  """Full batches per epoch (at least 1), for schedules and early stopping."""
+  count = num_examples(data_dir, dataset, split)
+  count = splits_lib.subset_size(count, label_fraction)
+  return max(1, count // global_batch_size)
+
