@@ -12,6 +12,7 @@ is reused unless --overwrite is given.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -86,44 +87,40 @@ def _swap_into_place(built: epath.Path, final: epath.Path) -> None:
   shutil.rmtree(os.fspath(retired), ignore_errors=True)
 
 
-FLAGS = flags.FLAGS
-_DATASET = flags.DEFINE_enum('dataset', None, list(info_lib.DATASETS), 'Dataset to build.')
-_MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Folder with the downloaded files.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Output folder (tfds data_dir).')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', info_lib.DEFAULT_IMAGE_SIZE,
-                                   'Stored square image size.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the train/validation/test split.')
-_LABEL_RULE = flags.DEFINE_enum('vinbig_label_rule', 'any', list(builders.VINBIG_LABEL_RULES),
-                                'VinBig: positive if any reader or a majority marked it.')
-_VALIDATION_FRACTION = flags.DEFINE_float(
-    'validation_fraction', None, 'Validation share (NIH: of train_val patients); '
-    'default 0.1, SIIM 0.2.')
-_TEST_FRACTION = flags.DEFINE_float('test_fraction', None,
-                                    'Test share (not NIH); default 0.2, SIIM 0.1.')
-_NUM_WORKERS = flags.DEFINE_integer('num_workers', os.cpu_count() or 1,
-                                    'Image decoding processes (0: in this process).')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild even if a build exists.')
+def _define_flags():
+  """CLI flags, defined only when run as a program (modules share absl's FLAGS)."""
+  flags.DEFINE_enum('dataset', None, list(info_lib.DATASETS), 'Dataset to build.')
+  flags.DEFINE_string('manual_dir', None, 'Folder with the downloaded files.')
+  flags.DEFINE_string('data_dir', None, 'Output folder (tfds data_dir).')
+  flags.DEFINE_integer('image_size', info_lib.DEFAULT_IMAGE_SIZE, 'Stored square image size.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the train/validation/test split.')
+  flags.DEFINE_enum('vinbig_label_rule', 'any', list(builders.VINBIG_LABEL_RULES),
+                    'VinBig: positive if any reader or a majority marked it.')
+  flags.DEFINE_float('validation_fraction', None,
+                     'Validation share (NIH: of train_val patients); default 0.1, SIIM 0.2.')
+  flags.DEFINE_float('test_fraction', None, 'Test share (not NIH); default 0.2, SIIM 0.1.')
+  flags.DEFINE_integer('num_workers', os.cpu_count() or 1,
+                       'Image decoding processes (0: in this process).')
+  flags.DEFINE_bool('overwrite', False, 'Rebuild even if a build exists.')
+  flags.mark_flags_as_required(['dataset', 'manual_dir', 'data_dir'])
 
 
 def main(argv):
   del argv
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # Our own bar has a total and an ETA.
+  f = flags.FLAGS
   path = prepare(
-      _DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value,
-      image_size=_IMAGE_SIZE.value, seed=_SEED.value,
-      vinbig_label_rule=_LABEL_RULE.value,
-      validation_fraction=_VALIDATION_FRACTION.value,
-      test_fraction=_TEST_FRACTION.value, num_workers=_NUM_WORKERS.value,
-      overwrite=_OVERWRITE.value)
+      f.dataset, f.manual_dir, f.data_dir, image_size=f.image_size, seed=f.seed,
+      vinbig_label_rule=f.vinbig_label_rule, validation_fraction=f.validation_fraction,
+      test_fraction=f.test_fraction, num_workers=f.num_workers, overwrite=f.overwrite)
   report = path / builders.SKIPPED_REPORT
   if report.exists():
-    import json  # pylint: disable=g-import-not-at-top
     skipped = json.loads(report.read_text())
     print(f'{path}: {skipped["num_skipped"]} images skipped {skipped["by_reason"]}; '
           f'list in {report}')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['dataset', 'manual_dir', 'data_dir'])
+  _define_flags()
   app.run(main)

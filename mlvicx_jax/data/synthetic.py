@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import uuid
 from typing import Sequence
@@ -223,7 +222,6 @@ def _vinbig_encoding(rng, image: np.ndarray) -> dict:
 def _generate_nih(rng, out: str, num_images: int, size: int, layout: str):
   rows, names_by_patient = [], {}
   patient_id = 0
-  per_folder = max(1, math.ceil(num_images / 12))
   with tqdm.tqdm(total=num_images, desc='nih', unit='img') as progress:
     while len(rows) < num_images:
       patient_id += 1
@@ -246,7 +244,7 @@ def _generate_nih(rng, out: str, num_images: int, size: int, layout: str):
                      'View Position': view})
         # Real layout: images/, or 12 Kaggle folders images_001/images/ ...
         folder = (os.path.join(out, 'images') if layout == 'images' else os.path.join(
-            out, f'images_{(len(rows) - 1) // per_folder + 1:03d}', 'images'))
+            out, f'images_{(len(rows) - 1) * 12 // num_images + 1:03d}', 'images'))
         os.makedirs(folder, exist_ok=True)
         _save_png(os.path.join(folder, name), _to_uint8(film.image),
                   rgba=rng.random() < 0.03)
@@ -419,22 +417,25 @@ def generate(dataset: str, out: str, num_images: int, seed: int = 0,
           'siim': _generate_siim}[dataset](rng, out, num_images, image_size)
 
 
-_DATASET = flags.DEFINE_enum('dataset', None, list(info_lib.DATASETS), 'Layout to write.')
-_OUT = flags.DEFINE_string('out', None, 'Output folder (a manual_dir for prepare).')
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 200, 'Number of images.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Image width in pixels (real: 1024+).')
-_NIH_LAYOUT = flags.DEFINE_enum('nih_layout', 'images', ['images', 'kaggle'],
-                                "NIH: images/ or Kaggle's images_001/images/ ...")
+def _define_flags():
+  """CLI flags, defined only when run as a program (modules share absl's FLAGS)."""
+  flags.DEFINE_enum('dataset', None, list(info_lib.DATASETS), 'Layout to write.')
+  flags.DEFINE_string('out', None, 'Output folder (a manual_dir for prepare).')
+  flags.DEFINE_integer('num_images', 200, 'Number of images.')
+  flags.DEFINE_integer('seed', 0, 'Random seed.')
+  flags.DEFINE_integer('image_size', 256, 'Image width in pixels (real: 1024+).')
+  flags.DEFINE_enum('nih_layout', 'images', ['images', 'kaggle'],
+                    "NIH: images/ or Kaggle's images_001/images/ ...")
+  flags.mark_flags_as_required(['dataset', 'out'])
 
 
 def main(argv):
   del argv
-  summary = generate(_DATASET.value, _OUT.value, _NUM_IMAGES.value, _SEED.value,
-                     _IMAGE_SIZE.value, _NIH_LAYOUT.value)
-  print(f'{_DATASET.value} -> {_OUT.value}: {summary}')
+  f = flags.FLAGS
+  summary = generate(f.dataset, f.out, f.num_images, f.seed, f.image_size, f.nih_layout)
+  print(f'{f.dataset} -> {f.out}: {summary}')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['dataset', 'out'])
+  _define_flags()
   app.run(main)
