@@ -80,22 +80,28 @@ class Anatomy:
 
 
 def _anatomy(patient: Patient, findings: Sequence[str], rng) -> Anatomy:
+  # Draw every random number whatever the findings, so that a film with and
+  # one without a finding share everything else (a clean counterfactual).
+  normal_knob, big_knob = rng.uniform(0.05, 0.065), rng.uniform(0.10, 0.13)
+  enlarged_ctr = rng.uniform(*ENLARGED_CTR)
+  emphysema_base = rng.uniform(0.07, 0.11, 2)
+  emphysema_dome = rng.uniform(0.01, 0.03, 2)
+  atelectasis_side, atelectasis_lift = int(rng.choice([-1, 1])), rng.uniform(0.06, 0.10)
   ctr = patient.ctr
   if 'cardiomegaly' in findings:
-    ctr = rng.uniform(*ENLARGED_CTR)
+    ctr = enlarged_ctr
   base = {-1: patient.dome_right, 1: patient.dome_left}
   dome = {-1: 0.10, 1: 0.09}
   apex, air, markings = patient.apex, 0.40, 1.0
   if 'emphysema' in findings:  # Hyperinflation: low, flat domes, dark lungs.
-    for side in base:
-      base[side] += rng.uniform(0.07, 0.11)
-      dome[side] = rng.uniform(0.01, 0.03)
+    for i, side in enumerate(base):
+      base[side] += emphysema_base[i]
+      dome[side] = emphysema_dome[i]
     apex -= 0.03
     air, markings = 0.47, 0.45
     ctr = min(ctr, NORMAL_CTR[0] + 0.02)  # Narrow "tubular" heart.
   if 'atelectasis' in findings:  # Volume loss lifts one hemidiaphragm.
-    side = int(rng.choice([-1, 1]))
-    base[side] -= rng.uniform(0.06, 0.10)
+    base[atelectasis_side] -= atelectasis_lift
   if 'fibrosis' in findings:
     for side in base:
       base[side] -= 0.04
@@ -105,8 +111,7 @@ def _anatomy(patient: Patient, findings: Sequence[str], rng) -> Anatomy:
       base=base, dome=dome, lateral=patient.lateral, medial=0.085, apex=apex,
       heart_u=0.25 * heart_a, heart_v=base[1] - 0.5 * heart_b,
       heart_a=heart_a, heart_b=heart_b,
-      knob_r=(rng.uniform(0.10, 0.13) if 'aortic_enlargement' in findings
-              else rng.uniform(0.05, 0.065)),
+      knob_r=big_knob if 'aortic_enlargement' in findings else normal_knob,
       air=air, markings=markings)
 
 
@@ -431,7 +436,7 @@ def _hernia(cv: _Canvas):
   cu, cvv = cv.rng.uniform(-0.04, 0.08), anat.base[1] - radius * 0.7
   sac = _soft(radius - np.sqrt((cv.u - cu) ** 2 + (cv.v - cvv) ** 2), cv.edge * 2)
   air = sac * _soft(cvv - 0.2 * radius - cv.v, cv.edge)  # Air above a fluid level.
-  cv.density += 0.1 * sac - 0.3 * air
+  cv.density += 0.15 * sac - 0.35 * air
   return [sac]
 
 
@@ -490,11 +495,14 @@ def render(rng: np.random.Generator, height: int, width: int,
   if unknown:
     raise ValueError(f'unknown findings {sorted(unknown)}; known: {FINDINGS}')
   patient = patient or sample_patient(rng)
-  anat = _anatomy(patient, findings, rng)
+  # Separate streams: adding a finding changes nothing but the finding.
+  anatomy_rng, canvas_rng, findings_rng, exposure_rng = rng.spawn(4)
+  anat = _anatomy(patient, findings, anatomy_rng)
   if view == 'AP':  # Divergent beam magnifies the heart a little.
     anat.heart_a *= 1.05
-  cv = _Canvas(rng, height, width, patient, anat)
+  cv = _Canvas(canvas_rng, height, width, patient, anat)
   _draw_anatomy(cv, patient)
+  cv.rng = findings_rng
   footprints = {}
   ordered = sorted(findings, key=lambda f: (_ORDER.index(f) if f in _ORDER else 99, f))
   for finding in ordered:
@@ -503,7 +511,7 @@ def render(rng: np.random.Generator, height: int, width: int,
     else:
       footprints[finding] = _DRAW[finding](cv)
   cv.density += cv.vessels * cv.markings_gain * cv.lung
-  image = _expose(cv, rng)
+  image = _expose(cv, exposure_rng)
   px = _pixel_grid(height, width)[2] * patient.scale
   return Film(image, footprints, 2 * anat.heart_a * px, 2 * anat.lateral * px)
 
