@@ -146,6 +146,31 @@ def _decode(task: _Task) -> tuple[str, Any]:
   return 'ok', fields
 
 
+def _config(default_fractions: dict[str, float], with_rule: bool,
+            image_size: int = info_lib.DEFAULT_IMAGE_SIZE, seed: int = 0,
+            label_rule: str = 'any', validation_fraction: float | None = None,
+            test_fraction: float | None = None) -> XrayConfig:
+  """Config named 's<size>[_<rule>][_seed<k>][_val<pct>][_test<pct>]'.
+
+  The name carries every option that differs from the defaults, so builds
+  with different options never share a folder.
+  """
+  if label_rule not in VINBIG_LABEL_RULES:
+    raise ValueError(f'label_rule must be one of {VINBIG_LABEL_RULES}, got {label_rule!r}')
+  validation = (default_fractions['validation'] if validation_fraction is None
+                else validation_fraction)
+  test = default_fractions['test'] if test_fraction is None else test_fraction
+  name = f's{image_size}' + (f'_{label_rule}' if with_rule else '')
+  name += f'_seed{seed}' if seed else ''
+  if validation != default_fractions['validation']:
+    name += f'_val{round(100 * validation)}'
+  if test != default_fractions['test']:
+    name += f'_test{round(100 * test)}'
+  return XrayConfig(name=name, image_size=image_size, seed=seed, label_rule=label_rule,
+                    validation_fraction=validation, test_fraction=test,
+                    description=f'{image_size}px grayscale, split seed {seed}')
+
+
 # ----------------------------------------------------------------------------
 # Shared builder logic.
 
@@ -291,22 +316,12 @@ def make_config(dataset: str, image_size: int = info_lib.DEFAULT_IMAGE_SIZE,
                 seed: int = 0, label_rule: str = 'any',
                 validation_fraction: float | None = None,
                 test_fraction: float | None = None) -> XrayConfig:
-  """The config for a build; its name is 's<size>[_<rule>][_seed<k>]'."""
+  """The config of a build (a predefined one when the options are defaults)."""
   builder = BUILDERS[dataset]
-  if label_rule not in VINBIG_LABEL_RULES:
-    raise ValueError(f'label_rule must be one of {VINBIG_LABEL_RULES}, got {label_rule!r}')
-  name = f's{image_size}'
-  if dataset == 'vinbig':
-    name += f'_{label_rule}'
-  if seed:
-    name += f'_seed{seed}'
-  fractions = builder.DEFAULT_FRACTIONS
-  return XrayConfig(
-      name=name, image_size=image_size, seed=seed, label_rule=label_rule,
-      validation_fraction=(fractions['validation'] if validation_fraction is None
-                           else validation_fraction),
-      test_fraction=fractions['test'] if test_fraction is None else test_fraction,
-      description=f'{image_size}px grayscale, split seed {seed}')
+  config = _config(builder.DEFAULT_FRACTIONS, dataset == 'vinbig', image_size, seed,
+                   label_rule, validation_fraction, test_fraction)
+  predefined = {c.name: c for c in builder.BUILDER_CONFIGS}
+  return predefined.get(config.name, config)
 
 
 # ----------------------------------------------------------------------------
@@ -322,7 +337,7 @@ class Nih(_XrayBuilder):
 
   CLASS_NAMES = info_lib.NIH_CLASSES
   DEFAULT_FRACTIONS = {'validation': 0.1, 'test': 0.0}  # Test is the official list.
-  BUILDER_CONFIGS = [XrayConfig(name='s256')]
+  BUILDER_CONFIGS = [_config(DEFAULT_FRACTIONS, False)]
   HOMEPAGE = 'https://nihcc.app.box.com/v/ChestXray-NIHCC'
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download ChestX-ray14 (NIH box or Kaggle "nih-chest-xrays/data") into
@@ -404,8 +419,8 @@ class Vinbig(_XrayBuilder):
   """VinDr-CXR: 14 findings from 3 radiologists per image; split by image."""
 
   CLASS_NAMES = info_lib.VINBIG_CLASSES
-  BUILDER_CONFIGS = [XrayConfig(name='s256_any'),
-                     XrayConfig(name='s256_majority', label_rule='majority')]
+  BUILDER_CONFIGS = [_config(_XrayBuilder.DEFAULT_FRACTIONS, True, label_rule=rule)
+                     for rule in VINBIG_LABEL_RULES]
   HOMEPAGE = 'https://www.kaggle.com/c/vinbigdata-chest-xray-abnormalities-detection'
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download the Kaggle "vinbigdata-chest-xray-abnormalities-detection" data into
@@ -484,7 +499,7 @@ class Rsna(_XrayBuilder):
   """RSNA Pneumonia: binary image label (any box with Target 1); split by image."""
 
   CLASS_NAMES = info_lib.RSNA_CLASSES
-  BUILDER_CONFIGS = [XrayConfig(name='s256')]
+  BUILDER_CONFIGS = [_config(_XrayBuilder.DEFAULT_FRACTIONS, False)]
   HOMEPAGE = 'https://www.kaggle.com/c/rsna-pneumonia-detection-challenge'
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download the Kaggle "rsna-pneumonia-detection-challenge" data into manual_dir:
@@ -526,7 +541,7 @@ class Siim(_XrayBuilder):
 
   CLASS_NAMES = info_lib.SIIM_CLASSES
   DEFAULT_FRACTIONS = {'validation': 0.2, 'test': 0.1}
-  BUILDER_CONFIGS = [XrayConfig(name='s256', validation_fraction=0.2, test_fraction=0.1)]
+  BUILDER_CONFIGS = [_config(DEFAULT_FRACTIONS, False)]
   HOMEPAGE = 'https://www.kaggle.com/c/siim-acr-pneumothorax-segmentation'
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download the SIIM-ACR Pneumothorax training data into manual_dir:

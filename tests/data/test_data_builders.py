@@ -263,3 +263,15 @@ def test_siim_missing_rle_csv(siim_raw, tmp_path):
   os.remove(raw / 'train-rle.csv')
   with pytest.raises(builders.MissingInputError, match='train-rle.csv'):
     prepare_lib.prepare('siim', str(raw), str(tmp_path / 'out'))
+
+
+def test_default_config_and_options_get_their_own_folder(nih_raw, tmp_path):
+  default = prepare_lib.prepare('nih', str(nih_raw), str(tmp_path))
+  assert default.relative_to(tmp_path).parts == ('nih', 's256', '1.0.0')
+  source = tfds.data_source('nih/s256', split='test', data_dir=str(tmp_path))
+  assert source[0]['image'].shape == (256, 256, 1)
+  other = prepare_lib.prepare('nih', str(nih_raw), str(tmp_path), image_size=SIZE, seed=3,
+                              validation_fraction=0.25)
+  assert other.parent.name == f's{SIZE}_seed3_val25'
+  metadata = json.loads((other / 'metadata.json').read_text())
+  assert metadata['seed'] == 3 and metadata['validation_fraction_of_patients'] == 0.25
