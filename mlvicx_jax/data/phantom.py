@@ -119,6 +119,18 @@ def _anatomy(patient: Patient, findings: Sequence[str], rng) -> Anatomy:
 # Fields.
 
 
+def _ipow(x: np.ndarray, n: int) -> np.ndarray:
+  """x ** n by repeated squaring (numpy's general power is slow)."""
+  result, base = None, x
+  while n:
+    if n & 1:
+      result = base if result is None else result * base
+    n >>= 1
+    if n:
+      base = base * base
+  return result
+
+
 def _soft(signed: np.ndarray, edge: float) -> np.ndarray:
   """0..1 inside-ness of a signed distance-like field, antialiased over `edge`."""
   return np.clip(0.5 + signed / edge, 0.0, 1.0)
@@ -234,7 +246,7 @@ def _draw_anatomy(cv: _Canvas, patient: Patient):
   hilum = np.exp(-np.sqrt((w - 0.22) ** 2 + (v + 0.12) ** 2) / 0.55)
   ridges = np.zeros(cv.shape, np.float32)
   for cells, gain in ((10, 1.0), (22, 0.6)):
-    ridges += gain * (1.0 - np.abs(_smooth_noise(rng, cv.shape, cells))) ** 6
+    ridges += gain * _ipow(1.0 - np.abs(_smooth_noise(rng, cv.shape, cells)), 6)
   for side in (-1, 1):
     depth = np.clip(0.6 + cv.lung_sd[side] / 0.3, 0.6, 1.0)
     cv.density -= anat.air * cv.lungs[side] * depth
@@ -247,10 +259,10 @@ def _draw_anatomy(cv: _Canvas, patient: Patient):
   in_chest = _soft(np.minimum(w - 0.06, anat.lateral + 0.06 - w), edge) * _soft(
       np.minimum(v - anat.apex + 0.08, max(anat.base.values()) + 0.12 - v), edge)
   phase = (v - anat.apex - (-0.2 * w + 0.75 * w ** 2)) / spacing
-  cv.density += 0.055 * in_chest * ((np.cos(2 * np.pi * phase) + 1.0) / 2.0) ** 10
+  cv.density += 0.055 * in_chest * _ipow((np.cos(2 * np.pi * phase) + 1.0) / 2.0, 10)
   phase = (v - anat.apex - 0.05 - 0.45 * (0.8 - w)) / spacing / 1.05
   front = _soft(np.minimum(w - 0.25, anat.lateral - w), edge)
-  cv.density += 0.025 * in_chest * front * ((np.cos(2 * np.pi * phase) + 1.0) / 2.0) ** 8
+  cv.density += 0.025 * in_chest * front * _ipow((np.cos(2 * np.pi * phase) + 1.0) / 2.0, 8)
   clavicle_v = -0.68 - 0.16 * (w - 0.08) + 0.1 * (w - 0.35) ** 2
   clavicle = _soft(0.028 - np.abs(v - clavicle_v), edge) * _soft(
       np.minimum(w - 0.07, 0.66 - w), edge)
@@ -321,7 +333,7 @@ def _patch(cv: _Canvas, zone, size, density, cells, threshold, blur_edge):
 def _consolidation(cv: _Canvas):
   patch = _patch(cv, (0.45, 0.95), cv.rng.uniform(0.17, 0.25), 0.34, 12, 0.75, 0.06)
   # Air bronchograms: dark branching lines inside the dense region.
-  bronchi = (1.0 - np.abs(_smooth_noise(cv.rng, cv.shape, 14))) ** 14
+  bronchi = _ipow(1.0 - np.abs(_smooth_noise(cv.rng, cv.shape, 14)), 14)
   cv.density -= 0.12 * bronchi * patch
   return [patch]
 
@@ -339,7 +351,7 @@ def _lung_opacity(cv: _Canvas):
 
 def _infiltration(cv: _Canvas):
   sides = [-1, 1] if cv.rng.random() < 0.5 else [int(cv.rng.choice([-1, 1]))]
-  streaks = (1.0 - np.abs(_smooth_noise(cv.rng, cv.shape, 18))) ** 4
+  streaks = _ipow(1.0 - np.abs(_smooth_noise(cv.rng, cv.shape, 18)), 4)
   haze = 0.5 + 0.5 * np.clip(_smooth_noise(cv.rng, cv.shape, 5) + 0.5, 0, 1)
   out = []
   for side in sides:
@@ -403,8 +415,8 @@ def _emphysema(cv: _Canvas):
 
 
 def _reticular(cv: _Canvas, where: np.ndarray, gain: float):
-  net = (1.0 - np.abs(_smooth_noise(cv.rng, cv.shape, 34))) ** 6
-  net += (1.0 - np.abs(_smooth_noise(cv.rng, cv.shape, 20))) ** 6
+  net = _ipow(1.0 - np.abs(_smooth_noise(cv.rng, cv.shape, 34)), 6)
+  net += _ipow(1.0 - np.abs(_smooth_noise(cv.rng, cv.shape, 20)), 6)
   cv.density += gain * net * where
   return [where]
 

@@ -110,10 +110,13 @@ def main(argv):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # Our own bar has a total and an ETA.
   f = flags.FLAGS
-  path = prepare(
-      f.dataset, f.manual_dir, f.data_dir, image_size=f.image_size, seed=f.seed,
-      vinbig_label_rule=f.vinbig_label_rule, validation_fraction=f.validation_fraction,
-      test_fraction=f.test_fraction, num_workers=f.num_workers, overwrite=f.overwrite)
+  try:
+    path = prepare(
+        f.dataset, f.manual_dir, f.data_dir, image_size=f.image_size, seed=f.seed,
+        vinbig_label_rule=f.vinbig_label_rule, validation_fraction=f.validation_fraction,
+        test_fraction=f.test_fraction, num_workers=f.num_workers, overwrite=f.overwrite)
+  except (builders.MissingInputError, ValueError) as e:  # Bad input: a message, no trace.
+    raise SystemExit(f'prepare {f.dataset}: {e}') from None
   report = path / builders.SKIPPED_REPORT
   if report.exists():
     skipped = json.loads(report.read_text())

@@ -166,9 +166,9 @@ def write_dicom(path: str, pixels: np.ndarray, *, patient_id: str,
     first, lut, lut_bits = voi_lut
     item = pydicom.Dataset()
     item.LUTDescriptor = [len(lut) % 65536, int(first), lut_bits]
-    item.LUTData = [int(x) for x in lut]
+    item.LUTData = np.asarray(lut, '<u2').tobytes()
     ds.VOILUTSequence = pydicom.Sequence([item])
-    ds['VOILUTSequence'][0]['LUTData'].VR = 'US'
+    ds['VOILUTSequence'][0]['LUTData'].VR = 'OW'
   if jpeg:
     if pixels.dtype != np.uint8:
       raise ValueError('JPEG baseline needs 8-bit pixels')
