@@ -189,6 +189,7 @@ class _XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     kwargs.setdefault('file_format', 'array_record')
     super().__init__(**kwargs)
     self._num_workers = num_workers
+    self._pool = None  # One pool of decoding processes for all splits.
     self._skipped: list[dict[str, str]] = []
 
   # --- hooks for each dataset ---
@@ -249,25 +250,32 @@ class _XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         present.append(record)
     tasks = [_Task(r.path, self.builder_config.image_size, r.extra.get('rle_rows'))
              for r in present]
-    with _mapper(self._num_workers) as mapper:
-      results = mapper(_decode, tasks)
-      progress = tqdm.tqdm(zip(present, results), total=len(present),
-                           desc=f'{self.name} {split}', unit='img')
-      for record, (status, fields) in progress:
-        if status == 'skip':
-          self._skip(record.file_name, split, fields)
-          continue
-        example = {
-            'image': fields['image'],
-            'label': record.label.astype(np.float32),
-            'file_name': record.file_name,
-            'patient_id': record.patient_id or fields['dicom_patient_id'],
-            **self._extra_fields(record, fields),
-        }
-        yield record.file_name, example
+    if self._num_workers > 0 and self._pool is None:
+      self._pool = multiprocessing.get_context('spawn').Pool(self._num_workers)
+    results = (self._pool.imap(_decode, tasks, chunksize=8) if self._pool is not None
+               else map(_decode, tasks))
+    progress = tqdm.tqdm(zip(present, results), total=len(present),
+                         desc=f'{self.name} {split}', unit='img')
+    for record, (status, fields) in progress:
+      if status == 'skip':
+        self._skip(record.file_name, split, fields)
+        continue
+      example = {
+          'image': fields['image'],
+          'label': record.label.astype(np.float32),
+          'file_name': record.file_name,
+          'patient_id': record.patient_id or fields['dicom_patient_id'],
+          **self._extra_fields(record, fields),
+      }
+      yield record.file_name, example
 
   def _download_and_prepare(self, dl_manager, download_config=None):
-    super()._download_and_prepare(dl_manager, download_config=download_config)
+    try:
+      super()._download_and_prepare(dl_manager, download_config=download_config)
+    finally:
+      if self._pool is not None:
+        self._pool.terminate()
+        self._pool = None
     # Still inside tfds's incomplete dir: the report moves in with the data.
     counts = collections.Counter(s['reason'].split(':')[0] for s in self._skipped)
     report = {'num_skipped': len(self._skipped), 'by_reason': dict(counts),
@@ -292,24 +300,6 @@ class _XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     for record in records:
       out[assignment[record.file_name]].append(record)
     return out
-
-
-class _mapper:  # pylint: disable=invalid-name
-  """`map` in this process (workers=0) or an ordered process pool."""
-
-  def __init__(self, workers: int):
-    self._workers = workers
-    self._pool = None
-
-  def __enter__(self):
-    if self._workers > 0:
-      self._pool = multiprocessing.get_context('spawn').Pool(self._workers)
-      return lambda fn, items: self._pool.imap(fn, items, chunksize=8)
-    return map
-
-  def __exit__(self, *exc):
-    if self._pool is not None:
-      self._pool.terminate()
 
 
 def make_config(dataset: str, image_size: int = info_lib.DEFAULT_IMAGE_SIZE,

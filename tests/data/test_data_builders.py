@@ -275,3 +275,14 @@ def test_default_config_and_options_get_their_own_folder(nih_raw, tmp_path):
   assert other.parent.name == f's{SIZE}_seed3_val25'
   metadata = json.loads((other / 'metadata.json').read_text())
   assert metadata['seed'] == 3 and metadata['validation_fraction_of_patients'] == 0.25
+
+
+def test_decoding_in_a_worker_process_gives_the_same_build(tmp_path):
+  raw = tmp_path / 'raw'
+  synthetic.generate('rsna', str(raw), num_images=8, seed=6, image_size=SIZE)
+  _, serial = build(raw, tmp_path / 'serial', 'rsna')
+  _, pooled = build(raw, tmp_path / 'pooled', 'rsna', num_workers=1)
+  for split in serial:
+    for a, b in zip(records(serial[split]), records(pooled[split])):
+      assert a['file_name'] == b['file_name']
+      np.testing.assert_array_equal(a['image'], b['image'])
