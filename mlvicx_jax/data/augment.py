@@ -93,9 +93,7 @@ def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
 def crop_resize(image: np.ndarray, box, size: int, interpolation: str = 'bicubic') -> np.ndarray:
   """Crops box=(top, left, h, w) of a 2-D array and resizes it to size x size."""
   top, left, crop_h, crop_w = box
-  mode = 'F' if image.dtype == np.float32 else None
-  pil = Image.fromarray(image, mode=mode) if mode else Image.fromarray(image)
-  out = pil.resize((size, size), _RESAMPLE[interpolation],
+  out = Image.fromarray(image).resize((size, size), _RESAMPLE[interpolation],
                    box=(left, top, left + crop_w, top + crop_h))
   return np.asarray(out)
 

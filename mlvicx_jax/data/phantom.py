@@ -184,7 +184,7 @@ def _smooth_noise(rng, shape, cells: int) -> np.ndarray:
   """Band-limited noise in about [-1, 1]: a cells x cells grid, upsampled."""
   height, width = shape
   coarse = rng.standard_normal((cells + 1, cells + 1)).astype(np.float32) / 1.2
-  fine = Image.fromarray(coarse, mode='F').resize((width, height), Image.Resampling.BILINEAR)
+  fine = Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR)
   return np.asarray(fine)
 
 
