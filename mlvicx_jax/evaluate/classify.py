@@ -254,19 +254,37 @@ def load_backbone(checkpoint_path: str, keep_context_blocks: bool = False,
   return Backbone(cfg, module, variables, path)
 
 
+def attach_pretrained(model: nn.Module, backbone: Backbone, trunk_name: str, head_name: str,
+                      head_init: Callable, rng, image_size: int) -> dict:
+  """Variables of `model`: the backbone's trunk under `trunk_name`, a fresh head.
+
+  Only the head is initialised (compiling the whole model's init costs far
+  more than running it); a random trunk is initialised with everything else.
+  `head_init(rng, shapes)` gets the eval_shape of the full init.
+  """
+  dummy = jnp.zeros((1, image_size, image_size, 3))
+  if backbone.variables is None:
+    return jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
+  shapes = jax.eval_shape(lambda r: model.init(r, dummy, train=False), rng)
+  head = jax.jit(lambda r: head_init(r, shapes))(rng)
+  variables = {'params': {trunk_name: backbone.variables['params'], head_name: head['params']},
+               'batch_stats': {trunk_name: backbone.variables.get('batch_stats', {})}}
+  if 'batch_stats' in head:
+    variables['batch_stats'][head_name] = head['batch_stats']
+  checkpoint.check_tree(shapes, variables, f'{type(model).__name__} on {backbone.source}')
+  return jax.tree.map(jnp.asarray, variables)
+
+
 def init_classifier(backbone: Backbone, num_classes: int, rng, image_size: int):
   """(Classifier, variables): the head (and a 'random' trunk) freshly initialised."""
   model = Classifier(backbone.module, num_classes)
-  variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3)), train=False)
-  variables = jax.tree.map(jnp.asarray, variables)
-  if backbone.variables is not None:
-    variables = {
-        'params': {**variables['params'], 'backbone': backbone.variables['params']},
-        'batch_stats': {**variables.get('batch_stats', {}),
-                        'backbone': backbone.variables.get('batch_stats', {})},
-    }
-    variables = jax.tree.map(jnp.asarray, variables)
-  return model, variables
+
+  def head_init(r, shapes):
+    feature_dim = shapes['params']['head']['kernel'].shape[0]
+    return linear_head(num_classes).init(r, jnp.zeros((1, feature_dim)))
+
+  return model, attach_pretrained(model, backbone, 'backbone', 'head', head_init, rng,
+                                  image_size)
 
 
 # --- losses and steps ---------------------------------------------------------------
@@ -281,16 +299,17 @@ def bce_loss(logits, labels, mask=None):
   return (per_example * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def split_trainable(variables: dict, protocol: str) -> tuple[dict, dict]:
+def split_trainable(variables: dict, protocol: str, head: str = 'head') -> tuple[dict, dict]:
   """(trainable params, everything else) for a protocol.
 
-  Frozen: only the head's params are trainable; backbone params and all BN
-  statistics are passed to the step as constants and returned untouched.
+  Frozen: only the params under `head` ('head' of a Classifier, 'decoder' of
+  a U-Net) are trainable; the backbone's params and BN statistics are passed
+  to the step as constants and returned untouched.
   """
   params = variables['params']
   if protocol == 'frozen':
-    trainable = {'head': params['head']}
-    fixed = {'params': {k: v for k, v in params.items() if k != 'head'},
+    trainable = {head: params[head]}
+    fixed = {'params': {k: v for k, v in params.items() if k != head},
              'batch_stats': variables.get('batch_stats', {})}
   else:
     trainable = params
@@ -722,13 +741,17 @@ def run_one(config, backbone: Backbone, data: TaskData, cache: FeatureCache,
 # --- saved classifiers --------------------------------------------------------------
 
 
+def save_variables(directory: str, variables: dict, meta: dict) -> str:
+  """checkpoint.save_model into `directory`, replacing an earlier run's copy."""
+  if os.path.exists(directory):
+    shutil.rmtree(directory)  # step 0 of an existing manager cannot be overwritten
+  return checkpoint.save_model(directory, jax.device_get(variables), meta)
+
+
 def save_classifier(directory: str, variables: dict, model_config, meta: dict) -> str:
   """Writes a trained classifier with what Grad-CAM needs to rebuild it."""
-  if os.path.exists(directory):
-    shutil.rmtree(directory)  # a re-run replaces it (step 0 cannot be overwritten)
-  meta = dict(meta, kind=CLASSIFIER_KIND,
-              model_config=checkpoint.config_to_json(model_config))
-  return checkpoint.save_model(directory, jax.device_get(variables), meta)
+  return save_variables(directory, variables, dict(
+      meta, kind=CLASSIFIER_KIND, model_config=checkpoint.config_to_json(model_config)))
 
 
 def restore_classifier(directory: str) -> tuple[Classifier, dict]:

@@ -1,0 +1,150 @@
+"""Grad-CAM against closed forms, on hand-built and real classifiers, and the CLI."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from mlvicx_jax import checkpoint
+from mlvicx_jax import gradcam
+from mlvicx_jax import models
+from mlvicx_jax.evaluate import classify
+
+
+def _gap_linear_apply(feature_map, kernel):
+  """A classifier on a fixed map: logits = mean_hw(A) @ W (a GAP + linear head)."""
+  def apply_fn(variables, images, map_delta):
+    del variables, images
+    fmap = jnp.asarray(feature_map) + map_delta
+    return fmap.mean(axis=(1, 2)) @ jnp.asarray(kernel), fmap
+  return apply_fn
+
+
+def test_gap_linear_classifier_gives_cam_closed_form():
+  # For GAP + linear, dy_k/dA = W[:, k] / (h w) everywhere, so
+  # Grad-CAM = ReLU(A @ W[:, k]) / (h w) (Zhou et al.'s CAM).
+  rng = np.random.default_rng(0)
+  fmap = rng.standard_normal((3, 5, 7, 4)).astype(np.float32)
+  kernel = rng.standard_normal((4, 6)).astype(np.float32)
+  classes = np.array([0, 3, 5])
+  cams, scores = gradcam.gradcam(_gap_linear_apply(fmap, kernel), None,
+                                 np.zeros((3, 5, 7, 1)), classes)
+  expected = np.maximum(np.einsum('nhwc,nc->nhw', fmap, kernel[:, classes].T), 0) / 35
+  np.testing.assert_allclose(np.asarray(cams), expected, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(scores), fmap.mean(axis=(1, 2)) @ kernel, rtol=1e-5)
+
+
+def test_quadrant_logit_highlights_that_quadrant():
+  # Channel 0 lights up the top-left quadrant, channel 1 the bottom-right.
+  # The logit is the sum over the top-left quadrant of the map: its gradient
+  # is 1 there and 0 elsewhere, so each channel weight is 1/4 (the quadrant's
+  # share of the map) and the map is ReLU(sum_c A_c) / 4.
+  h = w = 8
+  fmap = np.zeros((1, h, w, 2), np.float32)
+  fmap[0, :4, :4, 0] = 2.0
+  fmap[0, 4:, 4:, 1] = -3.0  # negative evidence elsewhere is cut by the ReLU
+
+  def apply_fn(variables, images, map_delta):
+    del variables, images
+    a = jnp.asarray(fmap) + map_delta
+    return a[:, :4, :4, :].sum(axis=(1, 2, 3))[:, None], a
+
+  cam, _ = gradcam.gradcam(apply_fn, None, np.zeros((1, 32, 32, 3)), 0)
+  cam_native, _ = gradcam.gradcam(apply_fn, None, np.zeros((1, 32, 32, 3)), 0,
+                                   output_size=(h, w))
+  expected = np.maximum(fmap[0].sum(-1), 0) / 4
+  np.testing.assert_allclose(np.asarray(cam_native[0]), expected, atol=1e-6)
+  cam = np.asarray(cam[0])
+  assert cam.shape == (32, 32)
+  # Upsampled: positive inside the top-left quadrant, zero away from it.
+  assert cam[:14, :14].min() > 0.4
+  assert np.all(cam[18:, :] == 0) and np.all(cam[:, 18:] == 0)
+
+
+@pytest.fixture(scope='module')
+def tiny_classifier():
+  cfg = models.model_config('tiny')
+  backbone = classify.Backbone(cfg, models.build_backbone(cfg, False), None, 'random')
+  model, variables = classify.init_classifier(backbone, 3, jax.random.PRNGKey(1), 64)
+  # A non-trivial head, so the three classes explain different channels.
+  head = variables['params']['head']
+  head = {'kernel': jax.random.normal(jax.random.PRNGKey(2), head['kernel'].shape),
+          'bias': head['bias']}
+  variables = {'params': {**variables['params'], 'head': head},
+               'batch_stats': variables['batch_stats']}
+  return cfg, model, variables
+
+
+def test_real_classifier_matches_cam_from_its_layer4_map(tiny_classifier):
+  _, model, variables = tiny_classifier
+  images = jax.random.normal(jax.random.PRNGKey(3), (2, 64, 64, 3))
+  cams, scores = jax.jit(lambda v, x: gradcam.gradcam(
+      gradcam.classifier_apply_fn(model), v, x, jnp.array([2, 1]),
+      output_size=(2, 2)))(variables, images)
+  # Reference: the backbone's layer4 map and the head kernel, in numpy.
+  bvars = {'params': variables['params']['backbone'],
+           'batch_stats': variables['batch_stats']['backbone']}
+  fmap = np.asarray(model.backbone.apply(bvars, images, train=False)['maps'][-1], np.float64)
+  kernel = np.asarray(variables['params']['head']['kernel'], np.float64)
+  assert fmap.shape[1:3] == (2, 2)  # 64 px / 32
+  expected = np.maximum(np.einsum('nhwc,nc->nhw', fmap, kernel[:, [2, 1]].T), 0) / 4
+  np.testing.assert_allclose(np.asarray(cams), expected, rtol=1e-4, atol=1e-6)
+  logits = fmap.mean(axis=(1, 2)) @ kernel + np.asarray(variables['params']['head']['bias'])
+  np.testing.assert_allclose(np.asarray(scores), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_normalize_maps_scales_each_map_to_unit_peak():
+  maps = np.stack([np.full((2, 2), 4.0), np.zeros((2, 2))])
+  maps[0, 0, 0] = 8.0
+  out = gradcam.normalize_maps(maps)
+  np.testing.assert_allclose(out[0], [[1.0, 0.5], [0.5, 0.5]])
+  np.testing.assert_array_equal(out[1], 0)
+
+
+def _write_pngs(directory, count=2, size=48):
+  os.makedirs(directory, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for i in range(count):
+    Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(
+        os.path.join(directory, f'xray{i}.png'))
+  return directory
+
+
+def test_cli_writes_overlays_for_a_saved_classifier(tiny_classifier, tmp_path):
+  cfg, model, variables = tiny_classifier
+  directory = classify.save_classifier(
+      str(tmp_path / 'clf'), variables, cfg,
+      dict(task='nih', class_names=['A', 'B', 'C'], protocol='finetune', label_fraction=1.0,
+           seed=0, image_size=64, keep_context_blocks=False, source='random'))
+  images = _write_pngs(str(tmp_path / 'imgs'))
+  paths = gradcam.explain_files(directory, gradcam.find_images(images), str(tmp_path / 'out'),
+                                class_name='B')
+  assert [os.path.basename(p) for p in paths] == ['xray0_gradcam_B.png', 'xray1_gradcam_B.png']
+  for p in paths:
+    with Image.open(p) as img:
+      assert img.size[0] > 100
+  with pytest.raises(ValueError, match=r"'Z' is not a class .*\['A', 'B', 'C'\]"):
+    gradcam.explain_files(directory, gradcam.find_images(images), str(tmp_path / 'o2'),
+                          class_name='Z')
+  with pytest.raises(ValueError, match='--class_index 3 is out of range'):
+    gradcam.explain_files(directory, gradcam.find_images(images), str(tmp_path / 'o2'),
+                          class_index=3)
+
+
+def test_pretrained_encoder_and_bad_paths(tmp_path):
+  cfg = models.model_config('tiny')
+  net = models.build_model(cfg)
+  variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  ckpt = checkpoint.save_model(str(tmp_path / 'pre'), jax.device_get(variables),
+                               {'model_config': checkpoint.config_to_json(cfg), 'source': 'test'})
+  images = _write_pngs(str(tmp_path / 'imgs'), count=1)
+  paths = gradcam.explain_files(ckpt, gradcam.find_images(images), str(tmp_path / 'out'),
+                                image_size=64)
+  assert [os.path.basename(p) for p in paths] == ['xray0_gradcam_feature_norm.png']
+  with pytest.raises(checkpoint.CheckpointError, match='nowhere'):
+    gradcam.explain_files(str(tmp_path / 'nowhere'), gradcam.find_images(images),
+                          str(tmp_path / 'o'))
+  with pytest.raises(FileNotFoundError, match='nothing.*matches no'):
+    gradcam.find_images(str(tmp_path / 'nothing*.png'))
