@@ -140,7 +140,7 @@ def _decode(task: _Task) -> tuple[str, Any]:
       try:
         mask |= rle_lib.rle_decode(rle, height, width)
       except rle_lib.RLEError as e:
-        return 'skip', f'malformed RLE row {row_number + 1} of this image: {e}'
+        return 'skip', f'malformed RLE: row {row_number + 1} of this image: {e}'
     mask = image_io.resize(mask * 255, task.image_size, nearest=True)
     fields['mask'] = image_io.encode_png(mask)
   return 'ok', fields

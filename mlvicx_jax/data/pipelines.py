@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import grain
 import numpy as np
