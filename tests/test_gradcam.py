@@ -11,6 +11,8 @@ from mlvicx_jax import checkpoint
 from mlvicx_jax import gradcam
 from mlvicx_jax import models
 from mlvicx_jax.evaluate import classify
+from test_evaluate import numpy_variables
+from test_evaluate import save_tiny_pretrained
 
 
 def _gap_linear_apply(feature_map, kernel):
@@ -66,15 +68,11 @@ def test_quadrant_logit_highlights_that_quadrant():
 @pytest.fixture(scope='module')
 def tiny_classifier():
   cfg = models.model_config('tiny')
-  backbone = classify.Backbone(cfg, models.build_backbone(cfg, False), None, 'random')
-  model, variables = classify.init_classifier(backbone, 3, jax.random.PRNGKey(1), 64)
-  # A non-trivial head, so the three classes explain different channels.
-  head = variables['params']['head']
-  head = {'kernel': jax.random.normal(jax.random.PRNGKey(2), head['kernel'].shape),
-          'bias': head['bias']}
-  variables = {'params': {**variables['params'], 'head': head},
-               'batch_stats': variables['batch_stats']}
-  return cfg, model, variables
+  model = classify.Classifier(models.build_backbone(cfg, False), 3)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
+                                             train=False))
+  # A non-trivial head (random kernel), so the classes explain different channels.
+  return cfg, model, numpy_variables(shapes, 1)
 
 
 def test_real_classifier_matches_cam_from_its_layer4_map(tiny_classifier):
@@ -134,11 +132,7 @@ def test_cli_writes_overlays_for_a_saved_classifier(tiny_classifier, tmp_path):
 
 
 def test_pretrained_encoder_and_bad_paths(tmp_path):
-  cfg = models.model_config('tiny')
-  net = models.build_model(cfg)
-  variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False)
-  ckpt = checkpoint.save_model(str(tmp_path / 'pre'), jax.device_get(variables),
-                               {'model_config': checkpoint.config_to_json(cfg), 'source': 'test'})
+  ckpt = save_tiny_pretrained(str(tmp_path / 'pre'))
   images = _write_pngs(str(tmp_path / 'imgs'), count=1)
   paths = gradcam.explain_files(ckpt, gradcam.find_images(images), str(tmp_path / 'out'),
                                 image_size=64)

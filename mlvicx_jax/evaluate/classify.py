@@ -27,6 +27,7 @@ gradient norm clipped to 1.0, BCE on sigmoid outputs (here: on logits).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -75,7 +76,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.num_epochs = 300           # upper bound; early stopping ends runs sooner
   c.patience = 10              # epochs without a better validation mean AUC
-  c.worker_count = 0           # grain worker processes
+  c.worker_count = 4           # grain worker processes (0: decode in this process)
   c.augment = 'official'       # training augmentation: 'official' (resize + h-flip) or 'mild'
   c.frozen_feature_cache = True  # frozen + 'official' augmentation: see the module docstring
 
@@ -110,6 +111,7 @@ def smoke_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.batch_size = 16
   c.eval_batch_size = 32
   c.num_epochs = 2
+  c.worker_count = 0
   c.n_boot = 100
   return c
 
@@ -254,37 +256,47 @@ def load_backbone(checkpoint_path: str, keep_context_blocks: bool = False,
   return Backbone(cfg, module, variables, path)
 
 
-def attach_pretrained(model: nn.Module, backbone: Backbone, trunk_name: str, head_name: str,
-                      head_init: Callable, rng, image_size: int) -> dict:
-  """Variables of `model`: the backbone's trunk under `trunk_name`, a fresh head.
+def make_initializer(model: nn.Module, backbone: Backbone, trunk_name: str, head_name: str,
+                     head_init: Callable, image_size: int) -> Callable[[Any], dict]:
+  """rng -> variables of `model`: the backbone's trunk under `trunk_name`, a fresh head.
 
-  Only the head is initialised (compiling the whole model's init costs far
-  more than running it); a random trunk is initialised with everything else.
-  `head_init(rng, shapes)` gets the eval_shape of the full init.
+  With a pretrained trunk only the head is initialised (compiling the whole
+  model's init costs far more than running it); a random trunk is
+  initialised with everything else. `head_init(rng, shapes)` gets the
+  eval_shape of the full init. Built once, compiled once for every seed.
   """
   dummy = jnp.zeros((1, image_size, image_size, 3))
+  full_init = jax.jit(lambda r: model.init(r, dummy, train=False))
   if backbone.variables is None:
-    return jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
-  shapes = jax.eval_shape(lambda r: model.init(r, dummy, train=False), rng)
-  head = jax.jit(lambda r: head_init(r, shapes))(rng)
-  variables = {'params': {trunk_name: backbone.variables['params'], head_name: head['params']},
-               'batch_stats': {trunk_name: backbone.variables.get('batch_stats', {})}}
-  if 'batch_stats' in head:
-    variables['batch_stats'][head_name] = head['batch_stats']
-  checkpoint.check_tree(shapes, variables, f'{type(model).__name__} on {backbone.source}')
-  return jax.tree.map(jnp.asarray, variables)
+    return full_init
+  shapes = jax.eval_shape(full_init, jax.random.PRNGKey(0))
+  jitted_head_init = jax.jit(lambda r: head_init(r, shapes))
+  trunk = jax.tree.map(jnp.asarray, backbone.variables)
+
+  def init(rng):
+    head = jitted_head_init(rng)
+    variables = {'params': {trunk_name: trunk['params'], head_name: head['params']},
+                 'batch_stats': {trunk_name: trunk.get('batch_stats', {})}}
+    if 'batch_stats' in head:
+      variables['batch_stats'][head_name] = head['batch_stats']
+    checkpoint.check_tree(shapes, variables, f'{type(model).__name__} on {backbone.source}')
+    return variables
+
+  return init
+
+
+def classifier_initializer(model: 'Classifier', backbone: Backbone, image_size: int):
+  """rng -> Classifier variables (see make_initializer)."""
+  def head_init(r, shapes):
+    feature_dim = shapes['params']['head']['kernel'].shape[0]
+    return linear_head(model.num_classes).init(r, jnp.zeros((1, feature_dim)))
+  return make_initializer(model, backbone, 'backbone', 'head', head_init, image_size)
 
 
 def init_classifier(backbone: Backbone, num_classes: int, rng, image_size: int):
   """(Classifier, variables): the head (and a 'random' trunk) freshly initialised."""
   model = Classifier(backbone.module, num_classes)
-
-  def head_init(r, shapes):
-    feature_dim = shapes['params']['head']['kernel'].shape[0]
-    return linear_head(num_classes).init(r, jnp.zeros((1, feature_dim)))
-
-  return model, attach_pretrained(model, backbone, 'backbone', 'head', head_init, rng,
-                                  image_size)
+  return model, classifier_initializer(model, backbone, image_size)(rng)
 
 
 # --- losses and steps ---------------------------------------------------------------
@@ -432,6 +444,11 @@ def fit(state, train_epoch: Callable, evaluate: Callable, lrs: Sequence[float],
   return FitResult(best_state, stopper.best_epoch, epoch, best_payload, history)
 
 
+def mean_loss(losses) -> float:
+  """Mean of an epoch's step losses (NaN when the epoch had no step)."""
+  return float(np.mean(jax.device_get(losses))) if losses else float('nan')
+
+
 def validation_score(labels: np.ndarray, scores: np.ndarray) -> float:
   """Model selection metric: mean AUC over the classes defined on validation."""
   with warnings.catch_warnings():
@@ -560,12 +577,14 @@ class FeatureCache:
     self._config, self._data = config, data
     self._store = {}
 
-  def features(self, key, module, variables, split: str, label_fraction: float = 1.0,
+  def features(self, key, embed, variables, split: str, label_fraction: float = 1.0,
                seed: int = 0, flips: bool = False):
-    """(features, labels, file names[, flipped features]) of a split (subset)."""
+    """(features, labels, file names[, flipped features]) of a split (subset).
+
+    `embed(variables, images)` gives the features; `key` names the backbone.
+    """
     cache_key = (key, split, label_fraction, seed if label_fraction < 1 else 0, flips)
     if cache_key not in self._store:
-      embed = jax.jit(lambda v, x: module.apply(v, x, train=False)['features'])
       batches = loader(self._config, self._data, split, train=False,
                        label_fraction=label_fraction, seed=seed)
 
@@ -590,15 +609,40 @@ def _backbone_variables(variables: dict) -> dict:
           'batch_stats': variables.get('batch_stats', {}).get('backbone', {})}
 
 
-def _train_cached_probe(config, model, variables, cache_key, cache, fraction, seed, tx, lrs):
-  """Frozen probe on cached features; returns (FitResult over head params, test scores)."""
-  num_classes = model.num_classes
+@dataclasses.dataclass
+class Programs:
+  """The model and jitted functions shared by every run of an invocation.
+
+  Built once, so the runs of all label fractions and seeds compile once.
+  """
+  model: Classifier
+  tx: optax.GradientTransformation
+  init: Callable        # rng -> variables
+  train_step: Callable  # make_train_step(model, tx, protocol)
+  head_step: Callable   # make_head_step(num_classes, tx), cached frozen probe
+  predict: Callable     # (variables, images) -> probabilities
+  embed: Callable       # (backbone variables, images) -> 512-d features
+
+
+def build_programs(config, backbone: Backbone, num_classes: int) -> Programs:
+  model = Classifier(backbone.module, num_classes)
+  tx = make_optimizer(config)
+  return Programs(
+      model=model, tx=tx, init=classifier_initializer(model, backbone, config.image_size),
+      train_step=make_train_step(model, tx, config.protocol),
+      head_step=make_head_step(num_classes, tx), predict=make_predict_fn(model),
+      embed=jax.jit(lambda v, x: backbone.module.apply(v, x, train=False)['features']))
+
+
+def _train_cached_probe(config, programs: Programs, variables, cache_key, cache, fraction,
+                        seed, lrs):
+  """Frozen probe on cached features: (FitResult, best variables, test outputs, n_train)."""
+  num_classes, tx = programs.model.num_classes, programs.tx
   bvars = _backbone_variables(variables)
-  module = model.backbone
-  train_x, train_y, _, train_x_flipped = cache.features(
-      cache_key, module, bvars, 'train', fraction, seed, flips=True)
-  val_x, val_y, _ = cache.features(cache_key, module, bvars, 'validation')
-  step = make_head_step(num_classes, tx)
+  features = functools.partial(cache.features, cache_key, programs.embed, bvars)
+  train_x, train_y, _, train_x_flipped = features('train', fraction, seed, flips=True)
+  val_x, val_y, _ = features('validation')
+  step = programs.head_step
   rng = np.random.default_rng(seed)
   n = len(train_x)
   batch = min(config.batch_size, n)
@@ -615,7 +659,7 @@ def _train_cached_probe(config, model, variables, cache_key, cache, fraction, se
     for start in range(0, n - batch + 1, batch):  # drop the remainder, as the official loader
       head, opt_state, loss = step(head, opt_state, x[start:start + batch], y[start:start + batch])
       losses.append(loss)
-    return (head, opt_state), float(np.mean(jax.device_get(losses)))
+    return (head, opt_state), mean_loss(losses)
 
   def evaluate(state):
     scores = head_scores(num_classes, state[0], val_x)
@@ -625,17 +669,16 @@ def _train_cached_probe(config, model, variables, cache_key, cache, fraction, se
   result = fit((head, tx.init(head)), train_epoch, evaluate, lrs, config.patience,
                log_prefix=f'f={fraction:g} seed={seed} ')
   best_head = result.best_state[0]
-  test_x, test_y, test_names = cache.features(cache_key, module, bvars, 'test')
+  test_x, test_y, test_names = features('test')
   best = {'params': {**variables['params'], 'head': best_head},
           'batch_stats': variables.get('batch_stats', {})}
   return result, best, (test_y, head_scores(num_classes, best_head, test_x), test_names), n
 
 
-def _train_full(config, model, variables, data, protocol, fraction, seed, tx, lrs):
+def _train_full(config, programs: Programs, variables, data, fraction, seed, lrs):
   """Fine-tune, or the frozen probe through the backbone every step."""
-  step = make_train_step(model, tx, protocol)
-  predict = make_predict_fn(model)
-  trainable, fixed = split_trainable(variables, protocol)
+  step, predict = programs.train_step, programs.predict
+  trainable, fixed = split_trainable(variables, config.protocol)
   n = subset_size(data, 'train', fraction)
   steps = max(1, -(-n // config.batch_size))
   stream = iter(loader(config, data, 'train', train=True, label_fraction=fraction, seed=seed,
@@ -650,7 +693,7 @@ def _train_full(config, model, variables, data, protocol, fraction, seed, tx, lr
       batch = {k: jnp.asarray(batch[k]) for k in ('image', 'label', 'mask')}
       trainable, fixed, opt_state, loss = step(trainable, fixed, opt_state, batch)
       losses.append(loss)
-    return (trainable, fixed, opt_state), float(np.mean(jax.device_get(losses)))
+    return (trainable, fixed, opt_state), mean_loss(losses)
 
   def evaluate_split(state, split):
     v = merge_trainable(state[0], state[1])
@@ -660,7 +703,7 @@ def _train_full(config, model, variables, data, protocol, fraction, seed, tx, lr
     scores, labels, _ = evaluate_split(state, 'validation')
     return validation_score(labels, scores), (labels, scores)
 
-  result = fit((trainable, fixed, tx.init(trainable)), train_epoch, evaluate, lrs,
+  result = fit((trainable, fixed, programs.tx.init(trainable)), train_epoch, evaluate, lrs,
                config.patience, log_prefix=f'f={fraction:g} seed={seed} ')
   best = merge_trainable(result.best_state[0], result.best_state[1])
   scores, labels, names = evaluate_split(result.best_state, 'test')
@@ -682,24 +725,23 @@ def _bootstrap_ci(labels, scores, metric_name: str, n_boot: int):
 
 
 def run_one(config, backbone: Backbone, data: TaskData, cache: FeatureCache,
-            fraction: float, seed: int, workdir: str) -> dict:
+            fraction: float, seed: int, workdir: str, programs: Optional[Programs] = None) -> dict:
   """Trains and tests one (label fraction, seed) run; writes its record."""
   start = time.time()
   protocol = config.protocol
-  num_classes = len(data.class_names)
-  model, variables = init_classifier(backbone, num_classes, jax.random.PRNGKey(seed),
-                                     config.image_size)
-  tx = make_optimizer(config)
+  if programs is None:
+    programs = build_programs(config, backbone, len(data.class_names))
+  variables = programs.init(jax.random.PRNGKey(seed))
   lrs = learning_rates(config, protocol)
   use_cache = (protocol == 'frozen' and config.frozen_feature_cache
                and config.augment == 'official')
   if use_cache:
     key = backbone.source if backbone.variables is not None else (RANDOM_INIT, seed)
     result, best, (test_y, test_scores, test_names), n_train = _train_cached_probe(
-        config, model, variables, key, cache, fraction, seed, tx, lrs)
+        config, programs, variables, key, cache, fraction, seed, lrs)
   else:
     result, best, (test_y, test_scores, test_names), n_train = _train_full(
-        config, model, variables, data, protocol, fraction, seed, tx, lrs)
+        config, programs, variables, data, fraction, seed, lrs)
   if result.best_epoch is None:
     logging.warning('validation mean AUC was never defined; testing the last epoch')
   val_y, val_scores = result.best_payload if result.best_payload is not None else (None, None)
@@ -711,8 +753,8 @@ def run_one(config, backbone: Backbone, data: TaskData, cache: FeatureCache,
   classifier_dir = None
   if config.save_classifier:
     classifier_dir = save_classifier(
-        os.path.join(workdir, CLASSIFIERS_SUBDIR, stem[len(report_lib.RECORD_PREFIX):]), best, backbone.model_config,
-        dict(task=config.task, class_names=class_names, protocol=protocol,
+        os.path.join(workdir, CLASSIFIERS_SUBDIR, stem[len(report_lib.RECORD_PREFIX):]), best,
+        backbone.model_config, dict(task=config.task, class_names=class_names, protocol=protocol,
              label_fraction=fraction, seed=seed, image_size=config.image_size,
              keep_context_blocks=bool(config.keep_context_blocks), source=backbone.source,
              best_epoch=result.best_epoch))
@@ -789,6 +831,7 @@ def run(config, workdir: str) -> list[dict]:
   with open(os.path.join(workdir, f'config_{config.task}_{config.protocol}.json'), 'w') as f:
     json.dump(config.to_dict(), f, indent=2, default=str)
   cache = FeatureCache(config, data)
+  programs = build_programs(config, backbone, len(data.class_names))
   records = []
   for fraction in config.label_fractions:
     for seed in config.seeds:
@@ -800,5 +843,6 @@ def run(config, workdir: str) -> list[dict]:
         logging.info('%s exists; skipping that run', existing)
         records += report_lib.load_run_records(existing)
         continue
-      records.append(run_one(config, backbone, data, cache, float(fraction), int(seed), workdir))
+      records.append(run_one(config, backbone, data, cache, float(fraction), int(seed), workdir,
+                             programs))
   return records

@@ -23,9 +23,11 @@ validation Dice again, flagged by `test_split: 'validation'`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from typing import Callable
 
 from absl import logging
 import jax
@@ -106,10 +108,9 @@ def segmentation_loss(logits, targets, mask=None, smooth: float = 1.0,
   return mean(per_image), {'bce': mean(bce), 'soft_dice': mean(soft_dice)}
 
 
-def init_unet(backbone: classify.Backbone, decoder_widths, rng, image_size: int):
-  """(UNet, variables): a fresh decoder on the backbone's (pretrained) encoder."""
-  model = unet.UNet(backbone.module, tuple(decoder_widths))
-  decoder = unet.UNetDecoder(tuple(decoder_widths))
+def unet_initializer(model: unet.UNet, backbone: classify.Backbone, image_size: int):
+  """rng -> UNet variables: a fresh decoder on the backbone's (pretrained) encoder."""
+  decoder = unet.UNetDecoder(tuple(model.decoder_widths))
 
   def decoder_init(r, shapes):
     del shapes
@@ -118,8 +119,14 @@ def init_unet(backbone: classify.Backbone, decoder_widths, rng, image_size: int)
     return decoder.init(r, [jnp.zeros(m.shape, m.dtype) for m in maps],
                         (image_size, image_size), train=False)
 
-  return model, classify.attach_pretrained(model, backbone, 'encoder', 'decoder',
-                                           decoder_init, rng, image_size)
+  return classify.make_initializer(model, backbone, 'encoder', 'decoder', decoder_init,
+                                   image_size)
+
+
+def init_unet(backbone: classify.Backbone, decoder_widths, rng, image_size: int):
+  """(UNet, variables) for one seed."""
+  model = unet.UNet(backbone.module, tuple(decoder_widths))
+  return model, unet_initializer(model, backbone, image_size)(rng)
 
 
 def make_train_step(model: unet.UNet, tx: optax.GradientTransformation, protocol: str,
@@ -188,18 +195,34 @@ def _dice_ci(per_image: np.ndarray, n_boot: int):
     return None
 
 
+@dataclasses.dataclass
+class Programs:
+  """Model and jitted functions shared by every run of an invocation (compiled once)."""
+  model: unet.UNet
+  tx: optax.GradientTransformation
+  init: Callable
+  train_step: Callable
+  predict: Callable
+
+
+def build_programs(config, backbone: classify.Backbone) -> Programs:
+  model = unet.UNet(backbone.module, tuple(config.decoder_widths))
+  tx = classify.make_optimizer(config)
+  step = make_train_step(model, tx, config.protocol, dict(
+      smooth=config.dice_smooth, bce_weight=config.bce_weight, dice_weight=config.dice_weight))
+  return Programs(model, tx, unet_initializer(model, backbone, config.image_size), step,
+                  make_predict_fn(model))
+
+
 def run_one(config, backbone: classify.Backbone, data: classify.TaskData, fraction: float,
-            seed: int, workdir: str) -> dict:
+            seed: int, workdir: str, programs: Programs | None = None) -> dict:
   """Trains and evaluates one (label fraction, seed) U-Net; writes its record."""
   start = time.time()
   protocol = config.protocol
-  model, variables = init_unet(backbone, config.decoder_widths, jax.random.PRNGKey(seed),
-                               config.image_size)
-  tx = classify.make_optimizer(config)
+  programs = programs or build_programs(config, backbone)
+  variables = programs.init(jax.random.PRNGKey(seed))
+  tx, step, predict = programs.tx, programs.train_step, programs.predict
   lrs = classify.learning_rates(config, protocol)
-  step = make_train_step(model, tx, protocol, dict(
-      smooth=config.dice_smooth, bce_weight=config.bce_weight, dice_weight=config.dice_weight))
-  predict = make_predict_fn(model)
   trainable, fixed = classify.split_trainable(variables, protocol, head='decoder')
   n_train = classify.subset_size(data, 'train', fraction)
   steps = max(1, -(-n_train // config.batch_size))
@@ -215,7 +238,7 @@ def run_one(config, backbone: classify.Backbone, data: classify.TaskData, fracti
       batch = {k: jnp.asarray(batch[k]) for k in ('image', 'mask_target', 'mask')}
       trainable, fixed, opt_state, loss = step(trainable, fixed, opt_state, batch)
       losses.append(loss)
-    return (trainable, fixed, opt_state), float(np.mean(jax.device_get(losses)))
+    return (trainable, fixed, opt_state), classify.mean_loss(losses)
 
   def split_dice(state, split):
     v = classify.merge_trainable(state[0], state[1])
@@ -283,6 +306,7 @@ def run(config, workdir: str) -> list[dict]:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, f'config_{TASK}_{config.protocol}.json'), 'w') as f:
     json.dump(config.to_dict(), f, indent=2, default=str)
+  programs = build_programs(config, backbone)
   records = []
   for fraction in config.label_fractions:
     for seed in config.seeds:
@@ -294,5 +318,6 @@ def run(config, workdir: str) -> list[dict]:
         logging.info('%s exists; skipping that run', existing)
         records += report_lib.load_run_records(existing)
         continue
-      records.append(run_one(config, backbone, data, float(fraction), int(seed), workdir))
+      records.append(run_one(config, backbone, data, float(fraction), int(seed), workdir,
+                             programs))
   return records
