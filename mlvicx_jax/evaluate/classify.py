@@ -135,6 +135,8 @@ def check_config(config) -> None:
   for field in ('image_size', 'batch_size', 'eval_batch_size', 'num_epochs', 'patience'):
     if int(config[field]) < 1:
       raise ValueError(f'config.{field} must be >= 1, got {config[field]}')
+  if config.augment not in ('official', 'mild'):
+    raise ValueError(f"config.augment must be 'official' or 'mild', got {config.augment!r}")
   if config.optim.schedule not in ('cosine_warm_restarts', 'constant'):
     raise ValueError("config.optim.schedule must be 'cosine_warm_restarts' or 'constant', "
                      f'got {config.optim.schedule!r}')
