@@ -207,6 +207,10 @@ def test_frozen_probe_end_to_end_writes_records_that_match_its_classifier(nih):
   # A second invocation finds the record and does not train again.
   again = classify.run(config, workdir)
   assert again[0]['test']['mean_auc'] == record['test']['mean_auc']
+  # ... unless that record is of another checkpoint.
+  config.checkpoint = 'random'
+  with pytest.raises(ValueError, match=r'seed0.json holds a run of checkpoint .*pretrained'):
+    classify.run(config, workdir)
 
 
 def test_early_stopping_tests_the_best_epoch_and_frozen_backbone_is_bitwise_unchanged(

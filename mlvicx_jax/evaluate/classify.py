@@ -816,6 +816,23 @@ def restore_classifier(directory: str) -> tuple[Classifier, dict]:
 # --- the program ----------------------------------------------------------------------
 
 
+def existing_record(workdir: str, stem: str, source: str) -> Optional[dict]:
+  """The record a previous invocation wrote for this run, if any.
+
+  A record of another checkpoint under the same name is an error rather than
+  a silent mix of two models' results.
+  """
+  path = os.path.join(workdir, stem + '.json')
+  if not os.path.exists(path):
+    return None
+  record = report_lib.load_run_records(path)[0]
+  if record['checkpoint'] != source:
+    raise ValueError(f'{path} holds a run of checkpoint {record["checkpoint"]}, not {source}; '
+                     'use another --workdir or --config.skip_existing=False to redo it')
+  logging.info('%s exists; skipping that run', path)
+  return record
+
+
 def run(config, workdir: str) -> list[dict]:
   """Every (label fraction, seed) run of `config`; returns their validated records.
 
@@ -840,10 +857,9 @@ def run(config, workdir: str) -> list[dict]:
       stem = report_lib.record_stem(dict(task=config.task, protocol=config.protocol,
                                          label_fraction=fraction, seed=seed,
                                          name=config.name or None))
-      existing = os.path.join(workdir, stem + '.json')
-      if config.skip_existing and os.path.exists(existing):
-        logging.info('%s exists; skipping that run', existing)
-        records += report_lib.load_run_records(existing)
+      done = existing_record(workdir, stem, backbone.source) if config.skip_existing else None
+      if done is not None:
+        records.append(done)
         continue
       records.append(run_one(config, backbone, data, cache, float(fraction), int(seed), workdir,
                              programs))

@@ -313,10 +313,10 @@ def run(config, workdir: str) -> list[dict]:
       stem = report_lib.record_stem(dict(task=TASK, protocol=config.protocol,
                                          label_fraction=fraction, seed=seed,
                                          name=config.name or None))
-      existing = os.path.join(workdir, stem + '.json')
-      if config.skip_existing and os.path.exists(existing):
-        logging.info('%s exists; skipping that run', existing)
-        records += report_lib.load_run_records(existing)
+      done = (classify.existing_record(workdir, stem, backbone.source)
+              if config.skip_existing else None)
+      if done is not None:
+        records.append(done)
         continue
       records.append(run_one(config, backbone, data, float(fraction), int(seed), workdir,
                              programs))
