@@ -5,7 +5,6 @@ torch's CosineAnnealingWarmRestarts, forward passes of the saved classifier,
 and the checkpoint the run started from.
 """
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -86,8 +85,9 @@ def trunk(variables):
 
 
 def assert_trees_bitwise_equal(a, b):
-  flat_a = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(a)}
-  flat_b = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(b)}
+  flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(v)
+                       for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  flat_a, flat_b = flat(a), flat(b)
   assert flat_a.keys() == flat_b.keys()
   for key in flat_a:
     np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)

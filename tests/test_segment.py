@@ -17,7 +17,6 @@ from test_evaluate import load_eval_config
 from test_evaluate import numpy_variables
 from test_evaluate import prepared_dataset
 from test_evaluate import save_tiny_pretrained
-from test_evaluate import trunk
 
 WIDTHS = (32, 16, 16, 8, 8)
 

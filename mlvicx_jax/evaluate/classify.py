@@ -388,7 +388,8 @@ def make_predict_fn(model: nn.Module):
   return jax.jit(lambda v, x: jax.nn.sigmoid(model.apply(v, x, train=False)))
 
 
-def collect(batches: Iterable[dict], fn: Callable[[Any], Any]) -> tuple[np.ndarray, np.ndarray, list]:
+def collect(batches: Iterable[dict],
+            fn: Callable[[Any], Any]) -> tuple[np.ndarray, np.ndarray, list]:
   """Runs fn over each batch's images; keeps real rows: (outputs, labels, file names)."""
   outputs, labels, names = [], [], []
   for batch in batches:

@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from mlvicx_jax import checkpoint
 from mlvicx_jax.evaluate import classify
 from mlvicx_jax.evaluate import metrics
 from mlvicx_jax.evaluate import report_lib
@@ -266,7 +267,6 @@ def run_one(config, backbone: classify.Backbone, data: classify.TaskData, fracti
                                      seed=seed, name=config.name or None))
   model_dir = None
   if config.save_model:
-    from mlvicx_jax import checkpoint  # pylint: disable=g-import-not-at-top
     model_dir = classify.save_variables(
         os.path.join(workdir, 'unets', stem[len(report_lib.RECORD_PREFIX):]), best, dict(
             kind='unet', model_config=checkpoint.config_to_json(backbone.model_config),
