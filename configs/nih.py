@@ -20,8 +20,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # Data: a TFDS directory written by `python -m mlvicx_jax.data.prepare --dataset=nih`.
   c.dataset = 'nih'
+  c.split = 'train+validation'  # pretraining sees every train_val image, never the test list
   c.data_dir = ''              # empty: use synthetic NIH made in the workdir (needs synthetic_images > 0)
   c.synthetic_images = 0       # > 0: make this many synthetic NIH images if data_dir is empty
+  c.synthetic_image_size = 256
   c.image_size = 224
   c.global_batch_size = 64     # official README command; summed over all devices and hosts
   c.worker_count = 4           # grain worker processes per host
@@ -48,7 +50,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optim.momentum = 0.9
   c.optim.eta = 0.001
   c.optim.weight_decay = 1e-6  # paper text: 1e-5
-  c.optim.warmup_epochs = 2
+  c.optim.warmup_epochs = 2.0
   c.optim.end_factor = 0.001   # cosine ends at end_factor * peak
   c.optim.cosine_over = 'total'  # official code; 'after_warmup' is VICReg's
 
@@ -71,6 +73,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   elif variant == 'smoke':
     c.model = models.model_config('tiny')
     c.synthetic_images = 64
+    c.synthetic_image_size = 128
     c.image_size = 96
     c.global_batch_size = 16
     c.worker_count = 0

@@ -11,6 +11,7 @@ Readers only need `model` and `meta`, so an imported PyTorch checkpoint
 import os
 from typing import Any, Optional
 
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -65,7 +66,9 @@ def restore_model(path: str, step: Optional[int] = None) -> tuple[dict, dict, in
   root = checkpoint_root(path)
   if not os.path.isdir(root):
     raise CheckpointError(f'checkpoint directory {path} does not exist')
-  handlers = {MODEL: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()}
+  handlers = {MODEL: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler(),
+              TRAIN: ocp.StandardCheckpointHandler(),
+              DATA_ITER: grain.checkpoint.CheckpointHandler()}
   with ocp.CheckpointManager(
       root, item_handlers=handlers,
       options=ocp.CheckpointManagerOptions(read_only=True, create=False,

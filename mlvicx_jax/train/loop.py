@@ -178,7 +178,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract_state = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract_state)
 
-  data_iter = iter(train_data.pretraining_loader(data_dir, config))
+  data_iter = iter(train_data.pretraining_dataset(data_dir, config))
   mngr = _checkpoint_manager(workdir, config)
   meta = {'model_config': checkpoint.config_to_json(config.model), 'source': 'pretraining',
           'config': json.loads(config.to_json_best_effort())}
@@ -201,9 +201,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        out_shardings=(replicated, replicated), donate_argnums=0)
   writer = metrics_log.MetricsWriter(workdir, total_steps, initial_step=start)
   preemption = _Preemption()
-  pending = None  # (step, device metrics) of the previous step, checked one step late
-  last_logged = {}
-  window_start, window_steps = time.time(), 0
+  # Metrics are read one step late, so the host never waits for the step it
+  # just dispatched; the previous step is always checked before a save.
+  pending = None  # (step, device metrics)
+  last = {}
+  window = {'start': time.time(), 'steps': 0}
 
   def check(step, device_metrics):
     host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
@@ -214,44 +216,44 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f'checkpoint is the last good state ({mngr.latest_step()})')
     return host
 
+  def log(step, host):
+    elapsed = max(time.time() - window['start'], 1e-9)
+    host['pairs_per_second'] = window['steps'] * config.global_batch_size / elapsed
+    writer.write(step, host)
+    window.update(start=time.time(), steps=0)
+    return host
+
   try:
     step = start
     while step < total_steps:
       batch = next(data_iter)
       if step == config.inject_nan_at_step:
         batch = dict(batch, view1=batch['view1'] * np.float32('nan'))
-      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
-               for k, v in batch.items() if k in ('view1', 'view2')}
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, batch[k])
+               for k in ('view1', 'view2')}
       state, device_metrics = train_step(state, batch)
       if step == start:
         logging.info('First step (with compilation) took %.1fs', time.time() - t0)
       if pending is not None:
         host = check(*pending)
-        if pending[0] % config.log_every_steps == 0 or pending[0] == start:
-          elapsed = time.time() - window_start
-          host['pairs_per_second'] = window_steps * config.global_batch_size / max(elapsed, 1e-9)
-          writer.write(pending[0], host)
-          last_logged = host
-          window_start, window_steps = time.time(), 0
+        if pending[0] % config.log_every_steps == 0:
+          last = log(pending[0], host)
       pending = (step, device_metrics)
       step += 1
-      window_steps += 1
+      window['steps'] += 1
       writer.advance()
-      should_save = step % config.checkpoint_every_steps == 0 or step == total_steps
-      stop = preemption.requested or mngr.reached_preemption(step)
-      if should_save or stop:
+      preempted = preemption.requested or mngr.reached_preemption(step)
+      if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
         host = check(*pending)  # never checkpoint a state that followed a NaN
-        _save(mngr, state, data_iter, meta, force=stop)
-        if stop:
+        _save(mngr, state, data_iter, meta, force=preempted)
+        if preempted:
           mngr.wait_until_finished()
           logging.warning('Stopped at step %d after a preemption signal.', step)
-          last_logged = dict(host, preempted=True)
-          return last_logged
+          return dict(log(pending[0], host), preempted=True)
     if pending is not None:
-      last_logged = check(*pending)
-      writer.write(pending[0], last_logged)
+      last = log(pending[0], check(*pending))
     mngr.wait_until_finished()
-    return last_logged
+    return last
   finally:
     preemption.restore()
     writer.close()

@@ -1,0 +1,62 @@
+"""Runs two MLVICX train steps with the batch sharded over N devices vs 1 device.
+
+Executed in a subprocess with XLA_FLAGS giving 8 CPU devices; prints JSON with
+the largest differences, so the test process's own jax stays single-device.
+"""
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mlvicx_jax import models
+from mlvicx_jax import optim
+from mlvicx_jax.train.step import TrainState, make_train_step
+
+
+def run(devices, batches, model, tx, schedule, loss_cfg, init):
+  mesh = jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+  repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  state = jax.device_put(init, repl)
+  step = jax.jit(make_train_step(model, tx, schedule, loss_cfg),
+                 in_shardings=(repl, shard), out_shardings=(repl, repl))
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, jax.device_put(batch, shard))
+    losses.append(float(metrics['loss']))
+  return losses, jax.device_get(state)
+
+
+def main():
+  n, context_blocks = int(sys.argv[1]), sys.argv[2] == 'cbam'
+  cfg = models.model_config('tiny')
+  cfg.context_blocks = context_blocks
+  model = models.build_model(cfg)
+  schedule = optim.warmup_cosine_schedule(optim.scaled_lr(0.2, 16), 1, 10)
+  tx = optim.lars(schedule)
+  loss_cfg = ml_collections.ConfigDict(dict(sim_coeff=25., std_coeff=25., cov_coeff=1., eps=1e-4,
+                                            lam=1.0, use_global=True, use_local=True))
+  rng = np.random.default_rng(0)
+  batches = [{k: rng.standard_normal((16, 96, 96, 3)).astype(np.float32) for k in ('view1', 'view2')}
+             for _ in range(2)]
+  variables = model.init(jax.random.PRNGKey(0), jnp.asarray(batches[0]['view1'][:2]), train=False)
+  init = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                    batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
+  loss_1, state_1 = run(jax.devices()[:1], batches, model, tx, schedule, loss_cfg, init)
+  loss_n, state_n = run(jax.devices()[:n], batches, model, tx, schedule, loss_cfg, init)
+  norm = lambda a, b: float(np.sqrt(sum(np.sum((np.asarray(x) - np.asarray(y))**2)
+                                         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))))
+  init = jax.device_get(init)
+  # Differences between the two runs, relative to how far training moved each tree.
+  print(json.dumps({'devices': jax.device_count(), 'loss_1': loss_1, 'loss_n': loss_n,
+                    'params_rel': norm(state_1.params, state_n.params) / norm(state_1.params, init.params),
+                    'batch_stats_rel': norm(state_1.batch_stats, state_n.batch_stats)
+                                       / norm(state_1.batch_stats, init.batch_stats)}))
+
+
+if __name__ == '__main__':
+  main()
