@@ -46,6 +46,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.loss.use_local = True
 
   c.optim = ml_collections.ConfigDict()
+  c.optim.optimizer = 'lars'   # VICReg's LARS; 'adamw' for short CPU runs (demo)
   c.optim.base_lr = 0.2        # peak lr = base_lr * global_batch_size / 256
   c.optim.momentum = 0.9
   c.optim.eta = 0.001

@@ -6,6 +6,7 @@ Re-running with the same DIR resumes from its latest checkpoint. On several
 hosts every process runs the same command (see launch/).
 """
 import os
+import time
 
 from absl import app
 from absl import flags
@@ -52,13 +53,14 @@ def initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  started = time.time()
   initialize_distributed()
   from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   metrics = loop.pretrain(config, FLAGS.workdir)
   if 'demo' in config and not metrics.get('preempted'):
     from mlvicx_jax import demo  # pylint: disable=g-import-not-at-top
-    demo.run(config, FLAGS.workdir)
+    demo.run(config, FLAGS.workdir, started)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,8 @@
 """grain input pipelines over the array_record builds (`tfds.data_source`).
 
-Three loaders, each returning a `grain.DataLoader`; `iter(loader)` gives an
-iterator with `get_state()` / `set_state()` (JSON bytes), which the trainer
-stores in its checkpoint to resume mid-epoch:
+Three loaders (a grain IterDataset for pretraining, grain DataLoaders for
+the others); `iter(loader)` gives an iterator with `get_state()` /
+`set_state()`, which the trainer stores in its checkpoint to resume mid-epoch:
 
   pretrain_loader        {'view1', 'view2'}: two augmented views, float32
                          (B, H, W, 3), ImageNet-normalised; full batches only.
@@ -231,11 +231,16 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
                     image_size: int, global_batch_size: int, seed: int,
                     aug=None, worker_count: int = 0, num_epochs: int | None = None,
                     shard_index: int | None = None, shard_count: int | None = None):
-  """Shuffled two-view batches {'view1', 'view2'} of global_batch_size / shard_count.
+  """This process's two-view batches {'view1', 'view2'} of global_batch_size / shard_count.
 
-  Labels are not read. Batches never straddle a short remainder
-  (drop_remainder); with num_epochs=None the stream is endless and each
-  epoch is a new permutation.
+  The stream is defined once for the whole job: a new permutation of the
+  images every epoch, each stream position augmented with randomness from
+  (seed, position). Shard p of P takes positions p, p + P, ..., so global
+  batch b is positions [b*G, (b+1)*G) whatever P is: one process with four
+  devices and two processes with two see the same batches (the loss and
+  BatchNorm do not depend on the order inside a batch). Labels are not
+  read; batches are full; num_epochs=None streams forever. Returns a grain
+  IterDataset; its iterator's get_state()/set_state() resume exactly.
   """
   shard = _shard(shard_index, shard_count)
   if global_batch_size % shard[1]:
@@ -243,14 +248,18 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
                      f'{shard[1]} processes')
   aug = augment.default_augment_config() if aug is None else aug
   source = data_source(data_dir, dataset, split)
-  batch_size = global_batch_size // shard[1]
-  if len(source) // shard[1] < batch_size:
-    raise ValueError(f'{dataset} {split}: {len(source)} examples cannot fill one batch '
-                     f'of {batch_size} per process')
-  return _loader(source, operations=[TwoViews(image_size, aug),
-                                     grain.transforms.Batch(batch_size, drop_remainder=True)],
-                 shard=shard, shuffle=True, seed=seed, num_epochs=num_epochs,
-                 worker_count=worker_count, drop_remainder=True)
+  if len(source) < global_batch_size:
+    raise ValueError(f'{dataset} {split}: {len(source)} examples cannot fill one global '
+                     f'batch of {global_batch_size}')
+  ds = (grain.MapDataset.source(source)
+        .shuffle(seed=seed)
+        .repeat(num_epochs)
+        .random_map(TwoViews(image_size, aug), seed=seed))
+  ds = ds[shard[0]::shard[1]].batch(global_batch_size // shard[1], drop_remainder=True)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=16))
+  if worker_count > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return ds
 
 
 def _supervised_loader(data_dir, dataset, *, split, image_size, batch_size, seed, train,

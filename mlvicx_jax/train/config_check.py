@@ -34,6 +34,8 @@ def validate(config) -> None:
   _require(config.num_epochs > 0 or config.num_train_steps > 0, 'num_epochs',
            'set num_epochs > 0 or num_train_steps > 0')
   o = config.optim
+  _require(o.optimizer in ('lars', 'adamw'), 'optim.optimizer',
+           f"{o.optimizer!r} is not 'lars' or 'adamw'")
   _require(o.base_lr >= 0, 'optim.base_lr', f'must be >= 0, got {o.base_lr}')
   _require(o.weight_decay >= 0, 'optim.weight_decay', f'must be >= 0, got {o.weight_decay}')
   _require(0 <= o.momentum < 1, 'optim.momentum', f'must be in [0, 1), got {o.momentum}')

@@ -1,17 +1,7 @@
-"""Pretraining input: the data folder, and a global stream every process slices.
-
-The stream is defined once for the whole job: a per-epoch permutation of the
-training images, each position augmented with randomness drawn from (seed,
-position). Process p of P takes positions p, p+P, p+2P, ... so global batch b
-is always positions [b*G, (b+1)*G), whatever the number of hosts. The loss
-and BatchNorm are invariant to the order within a batch, so 1 process with 4
-devices and 2 processes with 2 each train on the same batches; and the
-iterator state (one integer) resumes exactly.
-"""
+"""Pretraining input: where the images come from, and this process's stream."""
 import os
 
 from absl import logging
-import grain
 import jax
 from jax.experimental import multihost_utils
 
@@ -19,6 +9,7 @@ from mlvicx_jax.data import pipelines
 from mlvicx_jax.data import prepare
 from mlvicx_jax.data import synthetic
 from mlvicx_jax.train.config_check import ConfigError
+
 
 def ensure_pretraining_data(config, workdir: str) -> str:
   """The TFDS data_dir to read; makes synthetic NIH in the workdir if configured."""
@@ -51,20 +42,9 @@ def num_train_examples(data_dir: str, config) -> int:
   return pipelines.num_examples(data_dir, config.dataset, config.split)
 
 
-def pretraining_dataset(data_dir: str, config, process_index: int = None,
-                        process_count: int = None) -> grain.IterDataset:
-  """This process's slice of the global two-view stream, batched."""
-  if process_index is None:
-    process_index, process_count = jax.process_index(), jax.process_count()
-  source = pipelines.data_source(data_dir, config.dataset, config.split)
-  views = pipelines.TwoViews(config.image_size, config.aug)
-  ds = (grain.MapDataset.source(source)
-        .shuffle(seed=config.seed)
-        .repeat(None)
-        .random_map(views, seed=config.seed))
-  ds = ds[process_index::process_count]
-  ds = ds.batch(config.global_batch_size // process_count, drop_remainder=True)
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=16))
-  if config.worker_count > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
-  return ds
+def pretraining_dataset(data_dir: str, config):
+  """This process's slice of the global two-view stream (see pipelines.pretrain_loader)."""
+  return pipelines.pretrain_loader(
+      data_dir, config.dataset, split=config.split, image_size=config.image_size,
+      global_batch_size=config.global_batch_size, seed=config.seed, aug=config.aug,
+      worker_count=config.worker_count)

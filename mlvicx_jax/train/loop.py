@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -53,7 +54,10 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int):
   schedule = optim.warmup_cosine_schedule(
       optim.scaled_lr(o.base_lr, config.global_batch_size), warmup, total_steps,
       end_factor=o.end_factor, cosine_over=o.cosine_over)
-  tx = optim.lars(schedule, momentum=o.momentum, eta=o.eta, weight_decay=o.weight_decay)
+  if o.optimizer == 'lars':
+    tx = optim.lars(schedule, momentum=o.momentum, eta=o.eta, weight_decay=o.weight_decay)
+  else:  # 'adamw': for short runs (the CPU demo), where LARS at small batch barely moves
+    tx = optax.adamw(schedule, weight_decay=o.weight_decay, mask=optim.exclude_bias_and_norm)
   return tx, schedule
 
 

@@ -190,3 +190,15 @@ def test_missing_build_names_the_folder(tmp_path):
   with pytest.raises(FileNotFoundError, match='prepare'):
     pipelines.pretrain_loader(str(tmp_path), 'vinbig', image_size=32, global_batch_size=4,
                               seed=0, shard_index=0, shard_count=1)
+
+
+def test_pretrain_global_batches_do_not_depend_on_the_process_count(data_dir):
+  """Two shards' batches together hold exactly the rows of the one-shard batch."""
+  whole = take(iter(pretrain(data_dir)), 2)
+  halves = [take(iter(pipelines.pretrain_loader(
+      data_dir, 'nih', image_size=32, global_batch_size=8, seed=3, shard_index=i,
+      shard_count=2)), 2) for i in range(2)]
+  for b in range(2):
+    rows = lambda views: sorted(map(bytes, np.concatenate(views).round(5)))
+    merged = [halves[0][b]['view1'], halves[1][b]['view1']]
+    assert rows(merged) == rows([whole[b]['view1']])
