@@ -80,3 +80,35 @@ def test_cli_writes_loadable_checkpoint_and_refuses_overwrite(small_state, tmp_p
   run = subprocess.run([sys.executable, '-m', 'mlvicx_jax.tools.import_torch', f'--input={bad}',
                         f'--output={tmp_path / "x"}'], cwd=REPO, capture_output=True, text=True)
   assert run.returncode != 0 and 'bad.pth' in run.stderr
+
+
+def test_init_from_fills_the_trunk_and_keeps_the_rest(tmp_path):
+  """--config.init_from: imported ResNet tensors replace the init, the rest is kept."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax import models  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(5)
+  ref = tr.TorchResNet(layers=(1, 1, 1, 1), width=16)
+  import_torch.import_state_dict(ref.state_dict(), str(tmp_path / 'imnet'))
+  cfg = models.model_config('tiny')
+  model = models.build_model(cfg)
+  init = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  merged, count = loop.merge_pretrained(init, str(tmp_path / 'imnet'))
+  # 8 convs + 10 BNs x (scale, bias, mean, var) of the tiny ResNet: 48 tensors.
+  assert count == sum(1 for k in ref.state_dict() if not k.endswith('num_batches_tracked')
+                      and not k.startswith('fc.'))
+  np.testing.assert_array_equal(merged['params']['backbone']['layer3_0']['conv1']['kernel'],
+                                ref.layer3[0].conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(merged['batch_stats']['backbone']['bn1']['mean'],
+                                ref.bn1.running_mean.numpy())
+  np.testing.assert_array_equal(merged['params']['backbone']['cbt2']['sam']['conv']['kernel'],
+                                init['params']['backbone']['cbt2']['sam']['conv']['kernel'])
+  np.testing.assert_array_equal(merged['params']['global_head']['linear1']['kernel'],
+                                init['params']['global_head']['linear1']['kernel'])
+  wide = models.build_model(models.model_config('official'))
+  wide_init = jax.eval_shape(lambda: wide.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
+                                               train=False))
+  with pytest.raises(checkpoint.CheckpointError, match=r"imnet: .* has shape \(16,.*the model expects \(64,"):
+    loop.merge_pretrained(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), wide_init),
+                          str(tmp_path / 'imnet'))
