@@ -2,10 +2,20 @@
 
   python -m mlvicx_jax.main --config=configs/demo.py --workdir=DIR
 
-Needs no downloaded data and fits in about 10 minutes on a 2-core CPU: a
-narrow ResNet (same code, fewer channels) pretrains on synthetic chest X-rays
-made in DIR, then frozen linear probes of the pretrained and of a
-random-initialised encoder are compared on the synthetic test split.
+Needs no downloaded data and takes about 7 minutes on a 2-core CPU: a narrow
+ResNet (the same code, fewer channels and blocks) pretrains for 300 steps on
+1,200 synthetic chest X-rays made in DIR, then frozen linear probes of the
+pretrained encoder and of the same network at its random initialisation are
+trained on 30% and 100% of the synthetic training labels (3 seeds each) and
+compared on the synthetic test split.
+
+Two choices differ from configs/nih.py because the demo has minutes, not
+days: AdamW instead of LARS (VICReg's LARS at batch 64 changes the weights by
+about 5e-5 of their norm per step while the unadapted BatchNorm parameters
+take raw steps; in a few hundred steps that collapses the embeddings), and
+milder photometric augmentation (the synthetic findings are largely
+intensity patterns, which strong brightness/contrast jitter teaches the
+encoder to ignore). `:smoke` is a seconds-long version for the tests.
 """
 import ml_collections
 
@@ -14,16 +24,15 @@ from mlvicx_jax.evaluate import classify
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  del arg
+  variant = arg or 'demo'
+  if variant not in ('demo', 'smoke'):
+    raise ValueError(f"configs/demo.py: unknown variant {variant!r}; use '' or 'smoke'")
   c = nih.get_config('smoke')
   c.synthetic_images = 1200
   c.synthetic_image_size = 128
   c.image_size = 96
   c.global_batch_size = 64
   c.num_train_steps = 300
-  c.optim.base_lr = 0.8
-  c.optim.warmup_epochs = 1.0
-  c.optim.cosine_over = 'after_warmup'
   c.checkpoint_every_steps = 100
   c.log_every_steps = 10
   c.model.stage_sizes = (1, 1, 1, 1)
@@ -32,17 +41,39 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.multilevel_size = 24
   c.model.multilevel_channels = 64
   c.model.multilevel_head = (512, 512, 512)
+  c.optim.optimizer = 'adamw'
+  c.optim.base_lr = 0.008          # peak 2e-3 at batch 64
+  c.optim.weight_decay = 1e-4
+  c.optim.warmup_epochs = 1.0
+  c.optim.cosine_over = 'after_warmup'
+  for view in (c.aug.view1, c.aug.view2):
+    view.crop_scale = (0.4, 1.0)
+    view.brightness = 0.1
+    view.contrast = 0.1
+    view.blur_sigma = (0.1, 1.0)
+    view.solarize_prob = 0.0
 
-  # Linear probes (frozen protocol) run after pretraining, on the same data.
+  # Frozen linear probes after pretraining; the first fraction is the headline.
   c.demo = classify.base_config('nih')
   c.demo.protocol = 'frozen'
-  c.demo.label_fractions = (1.0,)
-  c.demo.seeds = (0,)
-  c.demo.image_size = 96
+  c.demo.label_fractions = (0.3, 1.0)
+  c.demo.seeds = (0, 1, 2)
+  c.demo.image_size = c.image_size
   c.demo.batch_size = 64
   c.demo.eval_batch_size = 128
-  c.demo.num_epochs = 60
+  c.demo.num_epochs = 600          # cached features: epochs cost milliseconds
+  c.demo.patience = 40             # so both probes train to convergence
   c.demo.worker_count = 0
   c.demo.n_boot = 200
   c.demo.save_classifier = False
+
+  if variant == 'smoke':
+    c.synthetic_images = 64
+    c.global_batch_size = 16
+    c.num_train_steps = 4
+    c.checkpoint_every_steps = 4
+    c.log_every_steps = 1
+    c.demo.seeds = (0,)
+    c.demo.num_epochs = 3
+    c.demo.n_boot = 20
   return c

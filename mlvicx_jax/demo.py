@@ -11,6 +11,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mlvicx_jax import checkpoint
 from mlvicx_jax import models
@@ -34,31 +35,41 @@ def save_random_init(config, path: str) -> str:
 
 
 def run(config, workdir: str, started: float) -> dict:
-  """Probes both encoders, writes the report and DIR/demo_summary.json."""
+  """Probes both encoders at each label fraction and seed; writes the report and summary."""
   workdir = os.path.abspath(workdir)
   data_dir = train_data.ensure_pretraining_data(config, workdir)  # already there: no work
   runs = {'pretrained': workdir,
           'random_init': save_random_init(config, os.path.join(workdir, 'random_init'))}
-  results, run_dirs = {}, []
+  by_fraction, run_dirs = {}, []
   for name, ckpt in runs.items():
     probe = config.demo.copy_and_resolve_references()
     probe.checkpoint, probe.data_dir, probe.name = ckpt, data_dir, name
     out = os.path.join(workdir, 'probe', name)
-    records = classify.run(probe, out)
-    results[name] = float(sum(r['test']['mean_auc'] for r in records) / len(records))
+    for record in classify.run(probe, out):
+      by_fraction.setdefault(str(record['label_fraction']), {}).setdefault(name, []).append(
+          record['test']['mean_auc'])
     run_dirs.append(out)
+  means = {f: {name: float(np.mean(v)) for name, v in runs_.items()}
+           for f, runs_ in by_fraction.items()}
+  headline = means[str(float(config.demo.label_fractions[0]))]
   report_dir = os.path.join(workdir, 'report')
   report_lib.build_report(run_dirs, report_dir, labels=list(runs), n_boot=0)
-  summary = {'pretrained_mean_auc': results['pretrained'],
-             'random_init_mean_auc': results['random_init'],
-             'margin': results['pretrained'] - results['random_init'],
+  summary = {'pretrained_mean_auc': headline['pretrained'],
+             'random_init_mean_auc': headline['random_init'],
+             'margin': headline['pretrained'] - headline['random_init'],
+             'label_fraction': float(config.demo.label_fractions[0]),
+             'seeds': list(config.demo.seeds),
+             'mean_auc_by_label_fraction': means,
              'wall_seconds': time.time() - started,
              'report': os.path.join(report_dir, 'report.md')}
   with open(os.path.join(workdir, SUMMARY), 'w') as f:
     json.dump(summary, f, indent=2)
-  print(f"Linear probe on the synthetic NIH test split (mean AUC over 14 labels):\n"
-        f"  MLVICX-pretrained encoder: {summary['pretrained_mean_auc']:.3f}\n"
-        f"  random-init encoder:       {summary['random_init_mean_auc']:.3f}\n"
-        f"Report: {summary['report']}\nSummary: {os.path.join(workdir, SUMMARY)} "
-        f"({summary['wall_seconds']:.0f} s in all)")
+  lines = [f'Frozen linear probes on the synthetic NIH test split (mean AUC over 14 labels, '
+           f'mean of {len(config.demo.seeds)} seeds):',
+           '  labels   MLVICX-pretrained   random-init']
+  for fraction, row in means.items():
+    lines.append(f"  {float(fraction):>5.0%}   {row['pretrained']:17.3f}   {row['random_init']:11.3f}")
+  lines += [f"Report: {summary['report']}",
+            f"Summary: {os.path.join(workdir, SUMMARY)} ({summary['wall_seconds']:.0f} s in all)"]
+  print('\n'.join(lines))
   return summary
