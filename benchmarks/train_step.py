@@ -100,7 +100,7 @@ def torch_step_times(args):
     model.zero_grad(set_to_none=True)
     loss.backward()
     lars_step()
-    return float(loss)
+    return float(loss.detach())
 
   step()
   times = []
