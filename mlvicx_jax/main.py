@@ -28,6 +28,15 @@ flags.DEFINE_bool('distributed', None, 'Force jax.distributed.initialize() on (a
 flags.DEFINE_string('cpu_collectives', 'gloo', 'Cross-process collectives on CPU.')
 
 
+class _QuietLibraries:
+  """Keeps Orbax/grain/TFDS INFO lines out of the console (warnings still show),
+  so the progress bar and this program's own messages stay readable."""
+  _NOISY = ('/orbax/', '/grain/', '/tensorflow_datasets/', '/etils/')
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or not any(n in record.pathname for n in self._NOISY)
+
+
 def _cluster_detected() -> bool:
   env = os.environ
   return (int(env.get('SLURM_NTASKS', '1')) > 1 or 'TPU_WORKER_HOSTNAMES' in env
@@ -54,6 +63,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   started = time.time()
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   initialize_distributed()
   from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
