@@ -5,12 +5,11 @@
 """
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from mlvicx_jax import checkpoint
 from mlvicx_jax import models

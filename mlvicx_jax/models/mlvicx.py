@@ -1,5 +1,5 @@
 """The MLVICX encoder: ResNet trunk with context bottlenecks and two heads."""
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 

@@ -9,7 +9,7 @@ by name; a missing, unexpected or mis-shaped tensor is an error naming it.
 torch is only needed by this tool.
 """
 import re
-from typing import Mapping, Optional
+from typing import Mapping
 
 from absl import app
 from absl import flags

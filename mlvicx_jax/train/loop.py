@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import time
-from typing import Optional
 
 from absl import logging
 import grain
