@@ -15,6 +15,7 @@ from scipy import stats
 from sklearn import metrics as sk_metrics
 
 from mlvicx_jax.evaluate import paper_results
+from mlvicx_jax.evaluate import records
 from mlvicx_jax.evaluate import report_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -124,9 +125,9 @@ def test_record_round_trip_with_nan_auc_and_predictions(tmp_path):
   scores = np.array([[0.2, 0.5], [0.9, 0.1], [0.4, 0.3], [0.3, 0.8]])
   test = {'mean_auc': 0.75,
           'per_class_auc': {'Effusion': 0.75, 'Hernia': float('nan')}}
-  record = report_lib.make_record('NIH', 'fine-tune', 0.1, 2, '/ckpt', test,
-                                  best_epoch=7, ci95=(0.6, 0.9))
-  path = report_lib.write_run_record(
+  record = records.make_record('NIH', 'fine-tune', 0.1, 2, '/ckpt', test,
+                               best_epoch=7, ci95=(0.6, 0.9))
+  path = records.write_run_record(
       str(tmp_path), record,
       predictions={'labels': labels, 'scores': scores,
                    'class_names': ['Effusion', 'Hernia']})
@@ -135,12 +136,12 @@ def test_record_round_trip_with_nan_auc_and_predictions(tmp_path):
   assert raw['test']['per_class_auc'] == {'Effusion': 0.75, 'Hernia': None}
   assert raw['metric_name'] == 'mean_auc'
 
-  (loaded,) = report_lib.load_run_records(str(tmp_path))
+  (loaded,) = records.load_run_records(str(tmp_path))
   assert (loaded['task'], loaded['protocol'], loaded['seed']) == (
       'nih', 'finetune', 2)
   assert math.isnan(loaded['test']['per_class_auc']['Hernia'])
   assert loaded['best_epoch'] == 7 and loaded['ci95'] == [0.6, 0.9]
-  predictions = report_lib.load_predictions(loaded)
+  predictions = records.load_predictions(loaded)
   np.testing.assert_array_equal(predictions['labels'], labels)
   np.testing.assert_array_equal(predictions['scores'], scores)
   assert list(predictions['class_names']) == ['Effusion', 'Hernia']
@@ -169,23 +170,22 @@ def test_invalid_records_name_file_and_field(tmp_path):
     path.parent.mkdir()
     path.write_text(json.dumps(record))
     with pytest.raises(ValueError, match=re.escape(str(path))) as error:
-      report_lib.load_run_records(str(path.parent))
+      records.load_run_records(str(path.parent))
     assert field in str(error.value)
 
 
 def test_load_errors_name_the_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path))):
-    report_lib.load_run_records(str(tmp_path))
+    records.load_run_records(str(tmp_path))
   missing = str(tmp_path / 'nope')
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    report_lib.load_run_records(missing)
+    records.load_run_records(missing)
 
 
 def test_duplicate_runs_are_rejected(tmp_path):
-  record = report_lib.make_record('siim', 'frozen', 0.3, 0, None,
-                                  {'dice': 0.4})
-  report_lib.write_run_record(str(tmp_path / 'a'), record)
-  report_lib.write_run_record(str(tmp_path / 'b'), record)
+  record = records.make_record('siim', 'frozen', 0.3, 0, None, {'dice': 0.4})
+  records.write_run_record(str(tmp_path / 'a'), record)
+  records.write_run_record(str(tmp_path / 'b'), record)
   with pytest.raises(ValueError, match='two records'):
     report_lib.build_report([str(tmp_path)], str(tmp_path / 'out'),
                             plots=False)
@@ -208,7 +208,7 @@ def _write_run_set(root, nih, siim, with_predictions):
   for (protocol, fraction), values in nih.items():
     for seed, value in enumerate(values):
       per_class = {'Atelectasis': value - 0.01, 'Effusion': value + 0.01}
-      record = report_lib.make_record(
+      record = records.make_record(
           'nih', protocol, fraction, seed, f'{root}/ckpt',
           {'mean_auc': value, 'per_class_auc': per_class}, best_epoch=seed)
       predictions = None
@@ -217,13 +217,13 @@ def _write_run_set(root, nih, siim, with_predictions):
         scores = rng.random((300, 2)) + 0.5 * labels
         predictions = {'labels': labels, 'scores': scores,
                        'class_names': _CLASSES}
-      report_lib.write_run_record(
+      records.write_run_record(
           str(root / f'{protocol}_{fraction}_{seed}'), record, predictions)
   for (protocol, fraction), values in siim.items():
     for seed, value in enumerate(values):
-      record = report_lib.make_record('siim', protocol, fraction, seed, None,
-                                      {'dice': value})
-      report_lib.write_run_record(str(root), record)
+      record = records.make_record('siim', protocol, fraction, seed, None,
+                                   {'dice': value})
+      records.write_run_record(str(root), record)
 
 
 def _table_after(markdown, heading_start):

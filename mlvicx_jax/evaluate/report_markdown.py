@@ -1,0 +1,182 @@
+"""Markdown sections of the evaluation report (tables in the paper's layouts)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+import math
+
+from mlvicx_jax.evaluate import paper_results
+from mlvicx_jax.evaluate.records import METRIC_TITLES
+
+_DASH = '–'
+
+
+def _fmt(value: float | None, decimals: int) -> str:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return _DASH
+  return f'{value:.{decimals}f}'
+
+
+def format_mean_sd(mean: float, sd: float, n: int, decimals: int = 3) -> str:
+  text = _fmt(mean, decimals)
+  if n > 1:
+    text += f' ± {_fmt(sd, decimals)}'
+  return f'{text} (n={n})'
+
+
+def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]
+                    ) -> list[str]:
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return lines + ['']
+
+
+def _paper_rows(task: str, protocol: str, fractions: Sequence[float],
+                all_methods: bool) -> list[list[str]]:
+  methods = paper_results.METHODS if all_methods else (paper_results.OURS,)
+  rows = []
+  for method in methods:
+    cells = [paper_results.paper_reference(task, protocol, f, method)
+             for f in fractions]
+    if any(c is not None for c in cells):
+      rows.append([f'{method} (paper)'] + [_fmt(c, 3) for c in cells])
+  return rows
+
+
+def classification_section(task, protocol, metric, rows, all_methods,
+                            decimals) -> list[str]:
+  fractions = sorted({r['fraction'] for r in rows})
+  paper_metric = metric == paper_results.PAPER_METRIC[task]
+  if paper_metric:
+    fractions = sorted(set(fractions) | set(paper_results.FRACTIONS))
+    table = paper_results.paper_table_for(task, protocol)
+    source = f'paper Table {table}'
+  else:
+    source = 'not reported in the paper'
+  title = (f'## {paper_results.TASK_TITLES[task]}, '
+           f'{paper_results.PROTOCOL_TITLES[protocol]}: '
+           f'{METRIC_TITLES[metric]} ({source})')
+  body = []
+  if paper_metric:
+    body += _paper_rows(task, protocol, fractions, all_methods)
+  for label in dict.fromkeys(r['row'] for r in rows):
+    by_fraction = {r['fraction']: r for r in rows if r['row'] == label}
+    body.append([f'{label} (reproduced)'] + [
+        format_mean_sd(by_fraction[f]['mean'], by_fraction[f]['sd'],
+                       by_fraction[f]['n'], decimals)
+        if f in by_fraction else _DASH for f in fractions])
+  header = ['method'] + [paper_results.format_fraction(f) for f in fractions]
+  return [title, ''] + _markdown_table(header, body)
+
+
+def segmentation_section(metric, rows, all_methods, decimals) -> list[str]:
+  columns = sorted({(r['protocol'], r['fraction']) for r in rows})
+  if metric == 'dice':
+    columns = sorted(set(columns) | set(paper_results.TABLE_III_COLUMNS))
+  columns.sort(key=lambda c: (paper_results.PROTOCOLS.index(c[0]), c[1]))
+  body = []
+  if metric == 'dice':
+    methods = (paper_results.METHODS if all_methods else
+               (paper_results.OURS,))
+    for method in methods:
+      cells = []
+      for protocol, fraction in columns:
+        if (protocol, fraction) in paper_results.TABLE_III_COLUMNS:
+          setting = ('siim', protocol)
+          mean = paper_results.paper_value('III', setting, method, fraction)
+          sd = paper_results.paper_sd(setting, method, fraction)
+          cells.append(f'{mean:.2f} ± {sd:.2f}')
+        else:
+          cells.append(_DASH)
+      body.append([f'{method} (paper)'] + cells)
+  for label in dict.fromkeys(r['row'] for r in rows):
+    by_column = {(r['protocol'], r['fraction']): r for r in rows
+                 if r['row'] == label}
+    body.append([f'{label} (reproduced)'] + [
+        format_mean_sd(by_column[c]['mean'], by_column[c]['sd'],
+                       by_column[c]['n'], decimals)
+        if c in by_column else _DASH for c in columns])
+  header = ['method'] + [
+      f'{paper_results.PROTOCOL_SHORT[p]} {paper_results.format_fraction(f)}'
+      for p, f in columns]
+  source = 'paper Table III' if metric == 'dice' else 'not in the paper'
+  title = (f'## {paper_results.TASK_TITLES["siim"]}: {METRIC_TITLES[metric]} '
+           f'({source})')
+  return [title, ''] + _markdown_table(header, body)
+
+
+def per_class_section(per_class: Mapping, decimals: int) -> list[str]:
+  lines = []
+  rows = list(dict.fromkeys(label for label, _, _ in per_class))
+  order = lambda key: (paper_results.TASKS.index(key[1]),
+                       paper_results.PROTOCOLS.index(key[2]),
+                       rows.index(key[0]))
+  for label, task, protocol in sorted(per_class, key=order):
+    classes = per_class[(label, task, protocol)]
+    fractions = sorted({f for fracs in classes.values() for f in fracs})
+    if not fractions or len(classes) < 2:
+      continue  # one class: its AUC is the mean AUC, tabulated above
+    lines += [f'### Per-class AUC: {paper_results.TASK_TITLES[task]}, '
+              f'{paper_results.PROTOCOL_TITLES[protocol]}, {label}', '']
+    body = []
+    for cls, fracs in classes.items():
+      cells = []
+      for f in fractions:
+        if f not in fracs:
+          cells.append(_DASH)
+          continue
+        mean, sd, n = fracs[f]
+        cells.append(_fmt(mean, decimals) +
+                     (f' ± {_fmt(sd, decimals)}' if n > 1 else ''))
+      body.append([cls] + cells)
+    lines += _markdown_table(
+        ['class'] + [paper_results.format_fraction(f) for f in fractions], body)
+  if lines:
+    lines = ['## Per-class test AUC (mean ± sd over seeds; undefined AUCs '
+             'left out)', ''] + lines
+  return lines
+
+
+def runs_section(run_list, decimals) -> list[str]:
+  body = []
+  for item in run_list:
+    ci = item['ci95']
+    ci_text = (f'[{_fmt(ci[0], decimals)}, {_fmt(ci[1], decimals)}]'
+               f'{"" if item["ci_source"] == "record" else " (b)"}'
+               if ci else _DASH)
+    body.append([item['row'], item['task'], item['protocol'],
+                 paper_results.format_fraction(item['fraction']),
+                 item['seed'], METRIC_TITLES[item['metric']],
+                 _fmt(item['value'], decimals), ci_text,
+                 _DASH if item['best_epoch'] is None else item['best_epoch'],
+                 item['checkpoint'] or _DASH])
+  header = ['run', 'task', 'protocol', 'fraction', 'seed', 'metric', 'test',
+            '95% CI', 'best epoch', 'checkpoint']
+  return (['## Runs', '',
+           '95% CIs are bootstrap percentile intervals over test images, as '
+           'recorded by the run or, marked (b), computed here from its saved '
+           'predictions.', ''] + _markdown_table(header, body))
+
+
+def ttest_section(label_a, label_b, tests, decimals) -> list[str]:
+  body = []
+  for t in tests:
+    body.append([t['task'], t['protocol'], METRIC_TITLES[t['metric']],
+                 paper_results.format_fraction(t['fraction']), t['n'],
+                 _fmt(t.get('mean_a'), decimals),
+                 _fmt(t.get('mean_b'), decimals),
+                 _fmt(t.get('mean_diff'), decimals),
+                 _fmt(t['t'], 3),
+                 _DASH if t['p'] is None else f'{t["p"]:.3g}', t['note']])
+  header = ['task', 'protocol', 'metric', 'fraction', 'pairs',
+            f'mean {label_a}', f'mean {label_b}', 'mean diff', 't', 'p',
+            'note']
+  sig = paper_results.SIGNIFICANCE
+  paper_p = ', '.join(f'{paper_results.format_fraction(f)}: p = {p:.3g}'
+                      for f, p in sig['p_values'].items())
+  return ([f'## Paired t-tests: {label_a} vs {label_b} (paired by seed, '
+           'two-sided)', ''] + _markdown_table(header, body) +
+          [f'Paper: MLVICX vs {sig["baseline"]}, '
+           f'{paper_results.PROTOCOL_TITLES[sig["protocol"]]}, paired t-test '
+           f'over {sig["n_runs"]} runs: {paper_p}.', ''])
