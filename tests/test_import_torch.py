@@ -1,4 +1,5 @@
 """import_torch refuses anything it cannot map completely, naming the tensor."""
+import argparse
 import os
 import subprocess
 import sys
@@ -93,7 +94,10 @@ def test_init_from_fills_the_trunk_and_keeps_the_rest(tmp_path):
   import_torch.import_state_dict(ref.state_dict(), str(tmp_path / 'imnet'))
   cfg = models.model_config('tiny')
   model = models.build_model(cfg)
-  init = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  # A random tree of the model's shapes stands in for init (compiling init costs ~30 s).
+  rng = np.random.default_rng(0)
+  init = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(a.dtype), jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False)))
   merged, count = loop.merge_pretrained(init, str(tmp_path / 'imnet'))
   # 8 convs + 10 BNs x (scale, bias, mean, var) of the tiny ResNet: 48 tensors.
   assert count == sum(1 for k in ref.state_dict() if not k.endswith('num_batches_tracked')
@@ -106,9 +110,105 @@ def test_init_from_fills_the_trunk_and_keeps_the_rest(tmp_path):
                                 init['params']['backbone']['cbt2']['sam']['conv']['kernel'])
   np.testing.assert_array_equal(merged['params']['global_head']['linear1']['kernel'],
                                 init['params']['global_head']['linear1']['kernel'])
-  wide = models.build_model(models.model_config('official'))
+  wide_cfg = models.model_config('tiny')
+  wide_cfg.width = 64  # the official trunk width; the tiny heads keep the test fast
+  wide = models.build_model(wide_cfg)
   wide_init = jax.eval_shape(lambda: wide.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
                                                train=False))
   with pytest.raises(checkpoint.CheckpointError, match=r"imnet: .* has shape \(16,.*the model expects \(64,"):
     loop.merge_pretrained(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), wide_init),
                           str(tmp_path / 'imnet'))
+
+
+def _ml_state(size=64, seed=0):
+  """A tiny official-layout encoder whose multi-level branch resizes to `size`."""
+  torch.manual_seed(seed)
+  ref = tr.Encoder(layers=(1, 1, 1, 1), width=16, head=(32,) * 3, ml_head=(32,) * 3,
+                   ml_channels=8, ml_size=size)
+  tr.randomise_bn_stats(ref, seed)
+  return ref.eval()
+
+
+def test_multilevel_size_32_matches_torch_and_is_recorded(tmp_path):
+  """The size has no tensor: only the right flag value reproduces torch's m."""
+  ref = _ml_state(size=32)
+  images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    _, m = ref(images)
+  m = m.numpy()
+  nhwc = images.numpy().transpose(0, 2, 3, 1)
+  for flag, name in ((32, 'flag32'), (None, 'default')):
+    _, cfg, meta = import_torch.import_state_dict({'online': ref.state_dict()},
+                                                  str(tmp_path / name), multilevel_size=flag)
+    loaded = pretrained.load(str(tmp_path / name))
+    assert loaded.meta['multilevel_size'] == meta['multilevel_size'] == cfg.multilevel_size
+    assert cfg.multilevel_pool == 4
+    diff = np.linalg.norm(np.asarray(loaded.embed(nhwc)['m']) - m)
+    if flag:
+      assert loaded.meta['multilevel_size'] == 32
+      assert loaded.meta['multilevel_size_from'].startswith('flag --multilevel_size')
+      assert diff / np.linalg.norm(m) < 1e-4
+    else:
+      assert loaded.meta['multilevel_size'] == 64
+      assert 'default' in loaded.meta['multilevel_size_from']
+      # m is mostly per-feature BN offsets; the wrong size moves what varies with the image.
+      assert diff / np.linalg.norm(m) > 1e-4
+      assert diff / np.linalg.norm(m - m.mean(0)) > 0.05
+
+
+def test_stored_out_size_is_used_and_checked_against_the_flag(tmp_path):
+  """An out_size saved in args/config beats the default and must agree with the flag."""
+  state = _ml_state().state_dict()
+  src = tmp_path / 'with_args.pth'
+  torch.save({'online': state, 'args': argparse.Namespace(out_size=32, lr=0.2)}, src)
+  obj = import_torch.load_torch(str(src))  # weights_only, namespace allowed
+  _, cfg, meta = import_torch.import_state_dict(obj, str(tmp_path / 'a'))
+  assert cfg.multilevel_size == meta['multilevel_size'] == 32
+  assert 'args.out_size' in meta['multilevel_size_from']
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'--multilevel_size=64 contradicts .*args\.out_size = 32'):
+    import_torch.import_state_dict(obj, str(tmp_path / 'b'), multilevel_size=64)
+  with pytest.raises(checkpoint.CheckpointError, match=r'config\.out_size = 48'):
+    import_torch.import_state_dict({'online': state, 'config': {'out_size': 48}},
+                                   str(tmp_path / 'c'), multilevel_size=32)
+
+
+def test_pool_is_read_off_the_head_width(small_state):
+  """in_features = channels x pool^2 (x levels for concat); anything else names the tensor."""
+  key = 'resize_project.conv_head.projection.2.weight'
+  state = {k: v.numpy() for k, v in small_state.items()}
+  cases = {8 * 2 * 2: (2, 'sum'), 8 * 5 * 4 * 4: (4, 'concat'), 8 * 3 * 3: (3, 'sum')}
+  for width, expected in cases.items():
+    state[key] = np.zeros((32, width), np.float32)
+    cfg = import_torch.infer_model_config(state, 'official', 64)
+    assert (cfg.multilevel_pool, cfg.aggregation) == expected
+  state[key] = np.zeros((32, 8 * 15), np.float32)  # 15 is no square, nor 5 x a square
+  with pytest.raises(checkpoint.CheckpointError, match=r'projection\.2\.weight.* 120 '):
+    import_torch.infer_model_config(state, 'official', 64)
+
+
+def test_multilevel_size_below_pool_or_not_positive_is_an_error(small_state, tmp_path):
+  obj = {'online': small_state}
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'--multilevel_size=3 is smaller than the 4x4 .*projection\.2\.weight'):
+    import_torch.import_state_dict(obj, str(tmp_path / 'a'), multilevel_size=3)
+  for bad in (0, -64, 2.5, True):
+    with pytest.raises(checkpoint.CheckpointError, match=r'--multilevel_size=.*positive integer'):
+      import_torch.import_state_dict(obj, str(tmp_path / 'b'), multilevel_size=bad)
+  # A model without a multi-level branch ignores the flag.
+  plain = tr.TorchResNet(layers=(1, 1, 1, 1), width=8).state_dict()
+  _, cfg, meta = import_torch.import_state_dict(plain, str(tmp_path / 'c'), multilevel_size=0)
+  assert not cfg.multilevel and meta['multilevel_size'] is None
+  assert 'ignored' in meta['multilevel_size_from']
+
+
+def test_cli_prints_the_multilevel_size_used(small_state, tmp_path):
+  src = tmp_path / 'snap.pth'
+  torch.save({'online': small_state}, src)
+  run = subprocess.run([sys.executable, '-m', 'mlvicx_jax.tools.import_torch', f'--input={src}',
+                        f'--output={tmp_path / "o"}', '--multilevel_size=32'],
+                       cwd=REPO, capture_output=True, text=True, check=False)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert 'multi-level resize size 32 from flag --multilevel_size' in run.stdout, run.stdout
+  assert 'tensors do not store it' in run.stdout
+  assert pretrained.load(str(tmp_path / 'o')).meta['multilevel_size'] == 32

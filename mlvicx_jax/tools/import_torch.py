@@ -7,9 +7,17 @@ an encoder snapshot (`{'online': state_dict}`), or a torchvision ResNet18
 state dict (its ImageNet `fc` classifier is dropped). Every tensor is mapped
 by name; a missing, unexpected or mis-shaped tensor is an error naming it.
 torch is only needed by this tool.
+
+The multi-level branch's common resize size (the official `out_size`) has no
+tensor, so it cannot be read off the weights: it comes from `--multilevel_size`
+(default 64, the official value) or from an `out_size` in a config/args entry
+saved beside the weights. The pool size it is checked against IS in the
+tensors (the head's input width); both are recorded in the meta.
 """
+import math
+import numbers
 import re
-from typing import Mapping
+from typing import Mapping, Optional
 
 from absl import app
 from absl import flags
@@ -31,6 +39,106 @@ _LEAF = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
          'mean': 'running_mean', 'var': 'running_var'}
 # Parameter-free or bookkeeping entries of torch state dicts.
 _IGNORED = re.compile(r'(^|\.)num_batches_tracked$')
+SIZE_FLAG = '--multilevel_size'
+OFFICIAL_SIZE = 64  # the official `out_size`
+# Entries of a saved torch object that may hold the run's settings.
+_CONFIG_ENTRIES = ('args', 'config', 'cfg', 'opt', 'hparams', 'hyper_parameters')
+_HEAD_IN = 'resize_project.conv_head.projection.2.weight'
+
+
+def _field(container, name: str):
+  """container[name] or container.name (dicts, namespaces, config objects), else None."""
+  if isinstance(container, Mapping):
+    return container.get(name)
+  if isinstance(container, (str, bytes, numbers.Number, list, tuple)):
+    return None
+  try:
+    return getattr(container, name, None)
+  except Exception:  # pylint: disable=broad-except
+    return None  # exotic objects whose attribute access raises
+
+
+def _as_size(value, where: str) -> int:
+  """A positive integer resize size; (s, s) sequences are accepted, anything else is an error."""
+  if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+    value = value[0]
+  if isinstance(value, str) and value.strip().isdigit():  # settings read from text files
+    value = int(value)
+  if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
+    return int(value)
+  raise checkpoint.CheckpointError(
+      f'{where}={value!r}: the multi-level common resize size must be a positive integer')
+
+
+def stored_out_size(obj) -> tuple[Optional[int], str]:
+  """(out_size, 'entry.out_size') from a config/args entry saved beside the weights, if any."""
+  if not isinstance(obj, Mapping):
+    return None, ''
+  found = []
+  for entry in _CONFIG_ENTRIES:
+    container = obj.get(entry)
+    if container is None:
+      continue
+    value = _field(container, 'out_size')
+    if value is not None:
+      found.append((f'{entry}.out_size', value))
+  sizes = [(where, _as_size(value, where)) for where, value in found]
+  if len({size for _, size in sizes}) > 1:
+    raise checkpoint.CheckpointError(f'the checkpoint disagrees with itself: {sizes}')
+  return (sizes[0][1], sizes[0][0]) if sizes else (None, '')
+
+
+def resolve_multilevel_size(obj, flag_value=None) -> tuple[int, str]:
+  """(size, its source): the flag if given, else a stored out_size, else the official 64.
+
+  A given flag that contradicts a stored out_size is an error, not a silent pick.
+  """
+  stored, where = stored_out_size(obj)
+  if flag_value is not None:
+    size = _as_size(flag_value, SIZE_FLAG)
+    if stored is not None and stored != size:
+      raise checkpoint.CheckpointError(
+          f'{SIZE_FLAG}={size} contradicts the checkpoint entry {where} = {stored}')
+    return size, SIZE_FLAG
+  if stored is not None:
+    return stored, where
+  return OFFICIAL_SIZE, f'{SIZE_FLAG} (default)'
+
+
+def _describe_source(source: str) -> str:
+  """Meta/CLI wording; says the tensors never show the size, so users know to check it."""
+  if source == SIZE_FLAG:
+    return f'flag {SIZE_FLAG} (PyTorch tensors do not store it)'
+  if source.startswith(SIZE_FLAG):
+    return (f'default of flag {SIZE_FLAG}, the official out_size '
+            '(PyTorch tensors do not store it)')
+  return f'checkpoint entry {source} (PyTorch tensors do not store it)'
+
+
+def _pool_and_aggregation(in_features: int, channels: int, levels: int) -> tuple[int, str]:
+  """The pooled grid side and aggregation that give the head's input width."""
+  options = []
+  if in_features % channels == 0:
+    per_channel = in_features // channels
+    side = math.isqrt(per_channel)
+    if side >= 1 and side * side == per_channel:
+      options.append((side, 'sum'))
+    if levels > 1 and per_channel % levels == 0:
+      side = math.isqrt(per_channel // levels)
+      if side >= 1 and side * side == per_channel // levels:
+        options.append((side, 'concat'))
+  if not options:
+    raise checkpoint.CheckpointError(
+        f'{_HEAD_IN}: in_features {in_features} is neither {channels} channels x a square '
+        f'pooled grid (sum of levels) nor {levels} levels x {channels} channels x a square '
+        '(concatenation), so the multi-level pool size cannot be read off it')
+  if len(options) > 1:  # e.g. 4 levels: sum pooled 2p x 2p == concat pooled p x p
+    options = [o for o in options if o[0] == models.model_config().multilevel_pool]
+    if len(options) != 1:
+      raise checkpoint.CheckpointError(
+          f'{_HEAD_IN}: in_features {in_features} fits both sum and concatenation of '
+          f'{levels} levels with different pool sizes; cannot tell which was trained')
+  return options[0]
 
 
 def _strip_prefix(state: Mapping[str, np.ndarray], prefix: str) -> dict:
@@ -110,8 +218,13 @@ def _to_flax(value: np.ndarray, target_shape: tuple, key: str) -> np.ndarray:
   return value
 
 
-def infer_model_config(state: dict, layout: str, multilevel_size: int = 64):
-  """Reads architecture knobs off tensor shapes, so 2048/4096 heads, sum/concat all import."""
+def infer_model_config(state: dict, layout: str, multilevel_size: int = OFFICIAL_SIZE,
+                       size_source: str = SIZE_FLAG):
+  """Reads architecture knobs off tensor shapes, so 2048/4096 heads, sum/concat all import.
+
+  `multilevel_size` has no tensor; it is only checked against the pool size the
+  head's input width shows (`size_source` names where it came from in errors).
+  """
   cfg = models.model_config()
   conv1 = 'conv1.weight' if layout == 'torchvision' else 'encoder.0.weight'
   if conv1 not in state:
@@ -134,12 +247,20 @@ def infer_model_config(state: dict, layout: str, multilevel_size: int = 64):
   if convs:
     cfg.levels = tuple(convs)
     cfg.multilevel_channels = int(state['resize_project.convs.0.weight'].shape[0])
-    first = state['resize_project.conv_head.projection.2.weight']
+    if _HEAD_IN not in state:
+      raise checkpoint.CheckpointError(f'missing tensor {_HEAD_IN!r} (the multi-level head)')
     cfg.multilevel_head = tuple(
         int(state[f'resize_project.conv_head.projection.{i}.weight'].shape[0]) for i in (2, 5, 8))
-    pooled = cfg.multilevel_channels * cfg.multilevel_pool**2
-    cfg.aggregation = 'sum' if first.shape[1] == pooled else 'concat'
-    cfg.multilevel_size = multilevel_size
+    cfg.multilevel_pool, cfg.aggregation = _pool_and_aggregation(
+        int(state[_HEAD_IN].shape[1]), cfg.multilevel_channels, len(convs))
+    size = _as_size(multilevel_size, size_source)
+    if size < cfg.multilevel_pool:
+      raise checkpoint.CheckpointError(
+          f'{size_source}={size} is smaller than the {cfg.multilevel_pool}x'
+          f'{cfg.multilevel_pool} pooled grid that {_HEAD_IN} shows (in_features '
+          f'{state[_HEAD_IN].shape[1]}): the official model pools the resized maps down, '
+          'never up to a larger grid')
+    cfg.multilevel_size = size
   elif any(k.startswith('resize_project.') for k in state):
     raise checkpoint.CheckpointError(
         'the multi-level head is present but its per-level 1x1 convs '
@@ -176,45 +297,78 @@ def convert(state: dict, layout: str, cfg) -> dict:
   return out
 
 
-def import_state_dict(obj, output: str, source: str = '', multilevel_size: int = 64):
-  """Converts an already-loaded torch object and writes the Orbax checkpoint."""
+def import_state_dict(obj, output: str, source: str = '',
+                      multilevel_size: Optional[int] = None):
+  """Converts an already-loaded torch object and writes the Orbax checkpoint.
+
+  `multilevel_size=None` means the flag was not given: a stored out_size, else 64.
+  Returns (variables, model config, meta).
+  """
   state, layout = normalise_state_dict(obj)
   state = {k: (v.detach().cpu().numpy() if hasattr(v, 'detach') else np.asarray(v))
            for k, v in state.items()}
-  cfg = infer_model_config(state, layout, multilevel_size)
+  if any(k.startswith('resize_project.') for k in state):
+    size, size_source = resolve_multilevel_size(obj, multilevel_size)
+    cfg = infer_model_config(state, layout, size, size_source)
+    size_meta = {'multilevel_size': cfg.multilevel_size,
+                 'multilevel_size_from': _describe_source(size_source),
+                 'multilevel_pool_from': f'{_HEAD_IN} in_features'}
+  else:
+    cfg = infer_model_config(state, layout)
+    size_meta = {'multilevel_size': None,
+                 'multilevel_size_from': f'no multi-level branch; {SIZE_FLAG} ignored'}
   variables = convert(state, layout, cfg)
   meta = {'model_config': checkpoint.config_to_json(cfg), 'source': source,
-          'format': f'torch-{layout}'}
+          'format': f'torch-{layout}', **size_meta}
   checkpoint.save_model(output, variables, meta)
-  return variables, cfg
+  return variables, cfg, meta
+
+
+def load_torch(path: str):
+  """torch.load without arbitrary code; argparse namespaces (saved `args`) are allowed."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  safe = getattr(torch.serialization, 'safe_globals', None)
+  if safe is None:
+    return torch.load(path, map_location='cpu', weights_only=True)
+  with safe([argparse.Namespace]):
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('input', None, 'PyTorch checkpoint (.pth/.pt).')
 flags.DEFINE_string('output', None, 'Directory for the Orbax checkpoint (must not exist).')
-flags.DEFINE_integer('multilevel_size', 64, 'Common resize of the multi-level branch '
-                     '(not stored in torch checkpoints).')
+flags.DEFINE_integer('multilevel_size', OFFICIAL_SIZE,
+                     'Common resize of the multi-level branch (the official out_size). '
+                     'No tensor stores it: when not given, an out_size saved in the '
+                     "checkpoint's args/config is used, else this default.")
 
 
 def main(argv):
   del argv
   import os  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(FLAGS.input):
     raise app.UsageError(f'--input file {FLAGS.input} does not exist')
   if os.path.exists(FLAGS.output) and os.listdir(FLAGS.output):
     raise app.UsageError(f'--output {FLAGS.output} exists and is not empty; '
                          'refusing to overwrite it')
   try:
-    obj = torch.load(FLAGS.input, map_location='cpu', weights_only=True)
+    obj = load_torch(FLAGS.input)
   except Exception as e:  # pylint: disable=broad-except
     raise app.UsageError(f'cannot read {FLAGS.input} as a PyTorch checkpoint: {e}')
-  variables, cfg = import_state_dict(obj, FLAGS.output, source=FLAGS.input,
-                                     multilevel_size=FLAGS.multilevel_size)
+  flag = FLAGS.multilevel_size if FLAGS['multilevel_size'].present else None
+  variables, cfg, meta = import_state_dict(obj, FLAGS.output, source=FLAGS.input,
+                                           multilevel_size=flag)
   count = sum(v.size for v in jax.tree.leaves(variables))
   print(f'wrote {FLAGS.output}: {count:,} values; backbone stages {cfg.stage_sizes}, '
         f'context blocks {cfg.context_blocks}, global head {cfg.global_head}, '
         f'multi-level {cfg.multilevel} ({cfg.aggregation})')
+  if cfg.multilevel:
+    print(f'multi-level resize size {meta["multilevel_size"]} from '
+          f'{meta["multilevel_size_from"]}; pool {cfg.multilevel_pool}x{cfg.multilevel_pool} '
+          f'read from the tensors')
+  else:
+    print(f'multi-level resize size: none ({meta["multilevel_size_from"]})')
 
 
 if __name__ == '__main__':
