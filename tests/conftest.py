@@ -1,11 +1,73 @@
-"""Shared pytest set-up.
+"""Shared pytest set-up and the session's expensive fixtures.
 
 grain worker processes need absl flags parsed (google/grain#1355), so parse
 them once here for every test process.
+
+One synthetic NIH and one synthetic SIIM build (real layouts, through
+`mlvicx_jax.data.prepare`) and one pretrained checkpoint (real pretraining
+steps, so its BatchNorm statistics were gathered behind the context blocks)
+are made once per session and shared.
 """
+import os
 import sys
 
 from absl import flags
+import pytest
 
 if not flags.FLAGS.is_parsed():
   flags.FLAGS(sys.argv[:1], known_only=True)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STORED_SIZE = 96  # >= 96 px: smaller maps hit XLA's slow tiny-map convolutions on CPU
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(tmp_path_factory):
+  return tmp_path_factory.mktemp('synthetic')
+
+
+@pytest.fixture(scope='session')
+def nih_data_dir(synthetic_root):
+  """120 synthetic NIH films built into a TFDS data_dir."""
+  from mlvicx_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  raw = str(synthetic_root / 'raw_nih')
+  synthetic.generate('nih', raw, 120, seed=0, image_size=128)
+  data_dir = str(synthetic_root / 'tfds')
+  prepare.prepare('nih', raw, data_dir, image_size=STORED_SIZE, num_workers=0)
+  return data_dir
+
+
+@pytest.fixture(scope='session')
+def siim_data_dir(synthetic_root, nih_data_dir):
+  """40 synthetic SIIM films (balanced, with RLE masks) in the same data_dir."""
+  from mlvicx_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  raw = str(synthetic_root / 'raw_siim')
+  synthetic.generate('siim', raw, 40, seed=0, image_size=128)
+  prepare.prepare('siim', raw, nih_data_dir, image_size=STORED_SIZE, num_workers=0)
+  return nih_data_dir
+
+
+def load_config(relative_path: str, variant: str = ''):
+  """A config file's get_config(variant), loaded as the absl config flag would."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO, relative_path)
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+@pytest.fixture(scope='session')
+def pretrained_dir(synthetic_root, nih_data_dir):
+  """configs/nih.py:smoke pretrained for 6 real steps on the shared NIH build."""
+  from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config = load_config('configs/nih.py', 'smoke')
+  config.data_dir = nih_data_dir
+  config.num_train_steps = 6
+  config.checkpoint_every_steps = 6
+  config.async_checkpointing = False
+  workdir = str(synthetic_root / 'pretrained')
+  loop.pretrain(config, workdir)
+  return workdir

@@ -9,18 +9,18 @@ Image-level labels come from the prepared build (any reader, or a majority,
 marked the finding: `prepare --vinbig_label_rule`); the test split is a
 seeded hold-out of Kaggle's train set (its test set has no labels).
 """
-from mlvicx_jax.evaluate import classify
+from configs.eval import common
 
 
 def get_config(arg: str = ''):
   variant = arg or 'official'
-  c = classify.base_config('vinbig')
+  c = common.classification('vinbig')
   if variant == 'paper':
     c.batch_size = 16
     c.optim.lr_frozen = 1e-3
     c.optim.lr_finetune = 1e-3
   elif variant == 'smoke':
-    classify.smoke_overrides(c)
+    common.smoke(c)
   elif variant != 'official':
     raise ValueError(f"configs/eval/vinbig.py: unknown variant {variant!r}; use '', 'paper' or 'smoke'")
   return c

@@ -88,6 +88,16 @@ def file_names(data_dir: str, dataset: str, split: str) -> list[str]:
   return [source[i]['file_name'].decode('utf-8') for i in range(len(source))]
 
 
+def labels(data_dir: str, dataset: str, split: str) -> np.ndarray:
+  """(N, K) labels of a split in record order, without decoding images."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  skip = tfds.decode.SkipDecoding()
+  info = info_lib.dataset_info(dataset)
+  decoders = {'image': skip, **({'mask': skip} if info.has_mask else {})}
+  source = data_source(data_dir, dataset, split, decoders=decoders)
+  return np.stack([np.asarray(source[i]['label'], np.float32) for i in range(len(source))])
+
+
 class SubsetSource:
   """The records of `source` at `indices` (label-fraction subsets)."""
 
@@ -264,11 +274,15 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
 
 def _supervised_loader(data_dir, dataset, *, split, image_size, batch_size, seed, train,
                        label_fraction, worker_count, num_epochs, shard_index, shard_count,
-                       aug, segmentation):
+                       aug, segmentation, indices):
   shard = _shard(shard_index, shard_count)
   aug = augment.default_classification_augment_config() if aug is None else aug
   source = data_source(data_dir, dataset, split)
-  if label_fraction < 1.0:
+  if indices is not None:
+    if label_fraction < 1.0:
+      raise ValueError('give label_fraction or indices, not both')
+    source = SubsetSource(source, indices)
+  elif label_fraction < 1.0:
     names = file_names(data_dir, dataset, split)
     source = SubsetSource(source, label_fraction_indices(names, label_fraction, seed))
   if train:
@@ -291,26 +305,29 @@ def classification_loader(data_dir: str, dataset: str, *, split: str, image_size
                           batch_size: int, seed: int, train: bool,
                           label_fraction: float = 1.0, worker_count: int = 0,
                           num_epochs: int | None = 1, shard_index: int | None = None,
-                          shard_count: int | None = None, aug=None):
+                          shard_count: int | None = None, aug=None,
+                          indices: Sequence[int] | None = None):
   """Batches {'image', 'label', 'file_name', 'mask'} of batch_size per process.
 
   train: shuffled, augmented (aug: default_classification_augment_config()),
   on the seeded label_fraction subset (label_fraction_indices over file
   names, nested across fractions). Otherwise deterministic, in record order,
-  each example once (num_epochs=1).
+  each example once (num_epochs=1). `indices` (positions in the split)
+  replace label_fraction when the caller chose the subset itself.
   """
   return _supervised_loader(
       data_dir, dataset, split=split, image_size=image_size, batch_size=batch_size,
       seed=seed, train=train, label_fraction=label_fraction, worker_count=worker_count,
       num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count, aug=aug,
-      segmentation=False)
+      segmentation=False, indices=indices)
 
 
 def segmentation_loader(data_dir: str, dataset: str = 'siim', *, split: str,
                         image_size: int, batch_size: int, seed: int, train: bool,
                         label_fraction: float = 1.0, worker_count: int = 0,
                         num_epochs: int | None = 1, shard_index: int | None = None,
-                        shard_count: int | None = None, aug=None):
+                        shard_count: int | None = None, aug=None,
+                        indices: Sequence[int] | None = None):
   """As classification_loader, plus 'mask_target' (B, H, W, 1) float32 0/1."""
   if not info_lib.dataset_info(dataset).has_mask:
     raise ValueError(f'{dataset} has no segmentation masks')
@@ -318,7 +335,7 @@ def segmentation_loader(data_dir: str, dataset: str = 'siim', *, split: str,
       data_dir, dataset, split=split, image_size=image_size, batch_size=batch_size,
       seed=seed, train=train, label_fraction=label_fraction, worker_count=worker_count,
       num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count, aug=aug,
-      segmentation=True)
+      segmentation=True, indices=indices)
 
 
 def steps_per_epoch(data_dir: str, dataset: str, split: str, global_batch_size: int,

@@ -58,13 +58,19 @@ def assign_groups(groups: Iterable[str], fractions: Mapping[str, float],
 
 
 def label_fraction_indices(num_examples_or_ids: int | Sequence[str],
-                           fraction: float, seed: int = 0) -> np.ndarray:
+                           fraction: float, seed: int = 0,
+                           labels: np.ndarray | None = None) -> np.ndarray:
   """Sorted indices of a seeded subset with round(fraction * n) examples.
 
   Given identifiers (file names), the subset is the first round(f * n) of the
   hash ranking of those names, returned as positions in the given sequence:
   the same files whatever the input order, nested across fractions, identical
   across runs and machines. Given an int n, the identifiers are "0".."n-1".
+
+  With `labels` (n, K), every class that has a positive in the whole set
+  also gets one in the subset: for each class without one, its first-ranked
+  positive is added (at most K extra examples). Nesting still holds: a
+  prefix that holds a positive of a class holds its first-ranked one.
   """
   if isinstance(num_examples_or_ids, (int, np.integer)):
     ids = [str(i) for i in range(int(num_examples_or_ids))]
@@ -73,5 +79,15 @@ def label_fraction_indices(num_examples_or_ids: int | Sequence[str],
            for i in num_examples_or_ids]
     if len(set(ids)) != len(ids):
       raise ValueError('label_fraction_indices needs distinct identifiers')
-  chosen = set(rank(ids, seed)[:subset_size(len(ids), fraction)])
+  ranking = rank(ids, seed)
+  chosen = set(ranking[:subset_size(len(ids), fraction)])
+  if labels is not None:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or len(labels) != len(ids):
+      raise ValueError(f'labels of shape {labels.shape} do not match {len(ids)} identifiers')
+    position = {name: i for i, name in enumerate(ids)}
+    positive = labels > 0
+    for k in range(labels.shape[1]):
+      if positive[:, k].any() and not any(positive[position[n], k] for n in chosen):
+        chosen.add(next(n for n in ranking if positive[position[n], k]))
   return np.array([i for i, name in enumerate(ids) if name in chosen], np.int64)

@@ -1,0 +1,22 @@
+"""Downstream evaluation: one harness (`harness`), tasks (`classification`, `segmentation`).
+
+  from mlvicx_jax import evaluate
+  records = evaluate.run(config, workdir)   # config: configs/eval/<task>.py
+"""
+
+
+def task_module(task: str):
+  """The task module that evaluates `task` (imported lazily: it pulls in jax)."""
+  from mlvicx_jax.evaluate import classification  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.evaluate import segmentation  # pylint: disable=g-import-not-at-top
+  for module in (classification, segmentation):
+    if task in module.TASKS:
+      return module
+  raise ValueError(f'config.task must be one of '
+                   f'{classification.TASKS + segmentation.TASKS}, got {task!r}')
+
+
+def run(config, workdir: str) -> list:
+  """Every (label fraction, seed) run of an evaluation config; their validated records."""
+  from mlvicx_jax.evaluate import harness  # pylint: disable=g-import-not-at-top
+  return harness.run(config, workdir, task_module(config.task))

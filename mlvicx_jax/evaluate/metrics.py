@@ -122,50 +122,6 @@ def accuracy(labels, scores, threshold: float = 0.5) -> float:
   return float(np.mean((scores > threshold) == (labels == 1)))
 
 
-def dice_per_image(pred_masks, true_masks, threshold: float = 0.5,
-                   empty_is: float = 1.0) -> np.ndarray:
-  """Dice coefficient 2|P & T| / (|P| + |T|) of each image.
-
-  Args:
-    pred_masks: (N, ...) predicted probabilities (or logits with
-      threshold=0); a pixel is foreground when it is above `threshold`.
-    true_masks: (N, ...) same shape; foreground where >= 0.5 (so 0/1 and
-      0/255 masks both work).
-    threshold: binarisation threshold for `pred_masks`.
-    empty_is: Dice of an image whose prediction and truth are both empty.
-      SIIM-ACR's Kaggle metric counts it as 1 (the default): most SIIM images
-      have no pneumothorax, and predicting nothing there is correct. Pass
-      NaN to leave such images out of `dice`'s mean instead.
-
-  Returns:
-    (N,) float64 array.
-  """
-  pred = np.asarray(pred_masks)
-  true = np.asarray(true_masks)
-  if pred.shape != true.shape:
-    raise ValueError(f'pred_masks {pred.shape} and true_masks {true.shape} '
-                     'must have one shape')
-  if pred.ndim < 2 or pred.shape[0] == 0:
-    raise ValueError(f'masks must have shape (N, ...) with N > 0, got '
-                     f'{pred.shape}')
-  n = pred.shape[0]
-  pred = (pred > threshold).reshape(n, -1)
-  true = (true >= 0.5).reshape(n, -1)
-  intersection = np.sum(pred & true, axis=1, dtype=np.float64)
-  total = np.sum(pred, axis=1, dtype=np.float64) + np.sum(
-      true, axis=1, dtype=np.float64)
-  with np.errstate(divide='ignore', invalid='ignore'):
-    per_image = np.where(total > 0, 2.0 * intersection / total, empty_is)
-  return per_image.astype(np.float64)
-
-
-def dice(pred_masks, true_masks, threshold: float = 0.5,
-         empty_is: float = 1.0) -> float:
-  """Mean over images of `dice_per_image` (NaN images left out)."""
-  return _nanmean_or_nan(
-      dice_per_image(pred_masks, true_masks, threshold, empty_is))
-
-
 def classification_summary(labels, scores,
                            class_names: Sequence[str] | None = None,
                            threshold: float = 0.5) -> dict:
@@ -265,19 +221,14 @@ def bootstrap_ci(labels, scores, metric_fn: Callable[..., float],
   return _percentile_interval(values, n_boot, n_boot - values.size, alpha)
 
 
-def bootstrap_mean_auc_ci(labels, scores, n_boot: int = 1000,
-                          alpha: float = 0.05,
-                          seed: int = 0) -> tuple[float, float]:
-  """`bootstrap_ci(labels, scores, mean_auc, ...)`, about 6x faster.
+def _weighted_mean_auc(labels: np.ndarray, scores: np.ndarray) -> Callable:
+  """counts (N,) -> mean AUC of the resample drawing image i counts[i] times.
 
-  Same resamples (same generator calls), same skipping, same result: a
-  resample is represented by how many times it draws each image, and each
-  class's AUC is the weighted Mann-Whitney statistic over the scores sorted
-  once, with tied scores counting half. Use it for NIH-sized test sets
-  (25,596 images x 14 classes x 1000 resamples).
+  Each class's AUC is the weighted Mann-Whitney statistic over the scores
+  sorted once, with tied scores counting half; None when a class is
+  single-valued in the resample. Only classes with both values in the full
+  data are kept (as in `bootstrap_ci`).
   """
-  _check_bootstrap_args(n_boot, alpha)
-  labels, scores = _check_labels_scores(labels, scores)
   n, _ = labels.shape
   both = (labels.min(axis=0) == 0) & (labels.max(axis=0) == 1)
   labels, scores = labels[:, both], scores[:, both]
@@ -296,49 +247,90 @@ def bootstrap_mean_auc_ci(labels, scores, n_boot: int = 1000,
   is_last[:-1] = new_block[1:]
   block_end = np.minimum.accumulate(
       np.where(is_last, positions + 1, n)[::-1], axis=0)[::-1]
-  rng = np.random.default_rng(seed)
-  values = []
-  for _ in range(n_boot):
-    idx = rng.integers(0, n, size=n)
+
+  def mean_auc_of(counts):
     if not labels.shape[1]:
-      continue
-    counts = np.bincount(idx, minlength=n).astype(np.float64)
+      return None
     weight = counts[order]
     pos_w = weight * sorted_pos
     neg_w = weight * sorted_neg
     total_pos = pos_w.sum(axis=0)
     total_neg = neg_w.sum(axis=0)
     if np.any(total_pos == 0) or np.any(total_neg == 0):
-      continue
+      return None
     neg_cum = np.concatenate([np.zeros((1, neg_w.shape[1])),
                               np.cumsum(neg_w, axis=0)])
     neg_below = np.take_along_axis(neg_cum, block_start, axis=0)
     neg_tied = np.take_along_axis(neg_cum, block_end, axis=0) - neg_below
     wins = (pos_w * (neg_below + 0.5 * neg_tied)).sum(axis=0)
-    values.append(float(np.mean(wins / (total_pos * total_neg))))
+    return float(np.mean(wins / (total_pos * total_neg)))
+
+  return mean_auc_of
+
+
+def bootstrap_mean_auc_ci(labels, scores, n_boot: int = 1000,
+                          alpha: float = 0.05,
+                          seed: int = 0) -> tuple[float, float]:
+  """`bootstrap_ci(labels, scores, mean_auc, ...)`, about 6x faster.
+
+  Same resamples (same generator calls), same skipping, same result: a
+  resample is represented by how many times it draws each image (see
+  `_weighted_mean_auc`). Use it for NIH-sized test sets (25,596 images x 14
+  classes x 1000 resamples).
+  """
+  _check_bootstrap_args(n_boot, alpha)
+  labels, scores = _check_labels_scores(labels, scores)
+  n = labels.shape[0]
+  mean_auc_of = _weighted_mean_auc(labels, scores)
+  rng = np.random.default_rng(seed)
+  values = []
+  for _ in range(n_boot):
+    idx = rng.integers(0, n, size=n)
+    value = mean_auc_of(np.bincount(idx, minlength=n).astype(np.float64))
+    if value is not None:
+      values.append(value)
   values = np.asarray(values)
   return _percentile_interval(values, n_boot, n_boot - values.size, alpha)
 
 
-def paired_ttest(a, b) -> tuple[float, float]:
-  """Two-sided paired t-test of a - b over matched runs (same seeds).
+def paired_bootstrap_mean_auc_diff(labels, scores_a: Sequence, scores_b: Sequence,
+                                   n_boot: int = 1000, alpha: float = 0.05,
+                                   seed: int = 0) -> dict:
+  """Mean AUC of A minus B on the same images, with a paired bootstrap CI.
 
-  The paper compares MLVICX with PCRLv2 this way over 10 runs with random
-  label subsets. Returns (t, p) from `scipy.stats.ttest_rel`; t > 0 when
-  `a` is larger on average. Identical differences (zero variance) give
-  scipy's NaN or infinite t.
+  `scores_a` and `scores_b` are lists of (N, K) scores of one test set (one
+  per seed, say); the statistic is mean over A's lists of mean AUC minus the
+  same over B's. Every resample draws the same images for all lists, so the
+  interval reflects the test set's sampling, paired. Resamples where a class
+  comes out single-valued are skipped, as in `bootstrap_ci`.
+
+  Returns {'diff', 'ci95': (low, high), 'n_boot_used'}.
   """
-  a = np.asarray(a, dtype=np.float64)
-  b = np.asarray(b, dtype=np.float64)
-  if a.ndim != 1 or b.ndim != 1:
-    raise ValueError(f'a and b must be 1-D, got shapes {a.shape} and '
-                     f'{b.shape}')
-  if a.size != b.size:
-    raise ValueError(f'a has {a.size} runs and b has {b.size}; a paired test '
-                     'needs one b per a')
-  if a.size < 2:
-    raise ValueError(f'a paired t-test needs at least 2 pairs, got {a.size}')
-  if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-    raise ValueError('a and b must be finite')
-  result = stats.ttest_rel(a, b)
-  return float(result.statistic), float(result.pvalue)
+  _check_bootstrap_args(n_boot, alpha)
+  labels = _as_2d(labels, 'labels').astype(np.float64)
+  n = labels.shape[0]
+  fns_a = [_weighted_mean_auc(*_check_labels_scores(labels, s)) for s in scores_a]
+  fns_b = [_weighted_mean_auc(*_check_labels_scores(labels, s)) for s in scores_b]
+  if not fns_a or not fns_b:
+    raise ValueError('scores_a and scores_b need at least one score array each')
+
+  def diff(counts):
+    a = [f(counts) for f in fns_a]
+    b = [f(counts) for f in fns_b]
+    if any(v is None for v in a + b):
+      return None
+    return float(np.mean(a) - np.mean(b))
+
+  full = diff(np.ones(n))
+  if full is None:
+    raise ValueError('no class has both label values: mean AUC is undefined')
+  rng = np.random.default_rng(seed)
+  values = []
+  for _ in range(n_boot):
+    idx = rng.integers(0, n, size=n)
+    value = diff(np.bincount(idx, minlength=n).astype(np.float64))
+    if value is not None:
+      values.append(value)
+  values = np.asarray(values)
+  low, high = _percentile_interval(values, n_boot, n_boot - values.size, alpha)
+  return {'diff': full, 'ci95': (low, high), 'n_boot_used': int(values.size)}

@@ -5,11 +5,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from mlvicx_jax.models.attention import ContextBottleneck
+from mlvicx_jax.models.classifier import Classifier
 from mlvicx_jax.models.heads import MultiLevelBranch, ProjectionHead
 from mlvicx_jax.models.mlvicx import MLVICX
 from mlvicx_jax.models.resnet import ResNet, ResNet18
 
-__all__ = ['ContextBottleneck', 'MLVICX', 'MultiLevelBranch', 'ProjectionHead',
+__all__ = ['Classifier', 'ContextBottleneck', 'MLVICX', 'MultiLevelBranch', 'ProjectionHead',
            'ResNet', 'ResNet18', 'build_backbone', 'build_model', 'model_config']
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}

@@ -13,6 +13,8 @@ ModuleDef = Any
 
 # torchvision initialises convolutions with Kaiming-normal, fan_out, ReLU gain.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# Running-statistics decay in flax terms (torch momentum 0.1).
+BN_MOMENTUM = 0.9
 
 
 def batch_norm(train: bool, dtype: Any = jnp.float32) -> ModuleDef:
@@ -22,7 +24,7 @@ def batch_norm(train: bool, dtype: Any = jnp.float32) -> ModuleDef:
   which is SyncBN, the VICReg/MLVICX multi-device behaviour.
   """
   return functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=0.9,
+      nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
       epsilon=1e-5, dtype=dtype)
 
 

@@ -1,0 +1,82 @@
+"""Helpers shared by the downstream-evaluation tests."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from conftest import load_config
+from mlvicx_jax import checkpoint
+from mlvicx_jax import models
+from mlvicx_jax.evaluate import data as data_lib
+
+
+def eval_config(task: str, variant: str = 'smoke', **overrides):
+  config = load_config(f'configs/eval/{task}.py', variant)
+  config.update(overrides)
+  return config
+
+
+def numpy_variables(shapes, seed: int):
+  """Random variables of a given structure without compiling an init.
+
+  BatchNorm: scale 1, bias 0, running mean 0, var 1; other kernels He-normal.
+  Only for tests that need a structure, never as a 'pretrained' encoder.
+  """
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = getattr(path[-1], 'key', str(path[-1]))
+    if name in ('scale', 'var'):
+      return np.ones(leaf.shape, leaf.dtype)
+    if name in ('bias', 'mean'):
+      return np.zeros(leaf.shape, leaf.dtype)
+    fan_in = int(np.prod(leaf.shape[:-1])) or 1
+    return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def save_tiny_checkpoint(directory: str, model_config=None, seed: int = 0) -> str:
+  """A checkpoint of the tiny MLVICX layout (numpy variables) whose meta says `model_config`.
+
+  For architecture and error checks only: its statistics are not from data.
+  """
+  cfg = models.model_config('tiny')
+  net = models.build_model(cfg)
+  shapes = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
+                                           train=False))
+  meta_cfg = cfg if model_config is None else model_config
+  return checkpoint.save_model(directory, numpy_variables(shapes, seed),
+                               {'model_config': checkpoint.config_to_json(meta_cfg),
+                                'source': 'test'})
+
+
+def checkpoint_trunk(path: str, keep_context_blocks: bool = True) -> dict:
+  """The trunk variables of a saved MLVICX, as the checkpoint holds them."""
+  variables, _, _ = checkpoint.restore_model(path)
+  keep = lambda k: keep_context_blocks or not k.startswith('cbt')
+  return {name: {k: v for k, v in variables[name]['backbone'].items() if keep(k)}
+          for name in ('params', 'batch_stats')}
+
+
+def sub_tree(variables: dict, name: str) -> dict:
+  return {'params': variables['params'][name],
+          'batch_stats': variables.get('batch_stats', {}).get(name, {})}
+
+
+def assert_trees_bitwise_equal(a, b):
+  flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(v)
+                       for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  flat_a, flat_b = flat(a), flat(b)
+  assert flat_a.keys() == flat_b.keys()
+  for key in flat_a:
+    np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)
+
+
+def split_images(config, data, split, target='label', segmentation=False):
+  """Every real image and target of a split, through the evaluation loader."""
+  images, targets = [], []
+  for batch in data_lib.loader(config, data, split, train=False, segmentation=segmentation):
+    keep = np.asarray(batch['mask'], bool)
+    images.append(np.asarray(batch['image'])[keep])
+    targets.append(np.asarray(batch[target])[keep])
+  return np.concatenate(images), np.concatenate(targets)
