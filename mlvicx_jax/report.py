@@ -7,12 +7,15 @@ Each RUNS directory (searched recursively; a glob also works) holds the
 the first is compared with each other one by paired t-tests (paired by seed).
 `--runs=A,B` and `--runs A B` work too.
 
-Writes into --out (default RUNS_A/report): report.md (paper Tables I-III
-layout: mean ± sd over seeds per label fraction and protocol, the paper's
-MLVICX numbers, per-class AUCs, each run's bootstrap 95% CI, t-tests),
-summary.json (the same numbers, unrounded), runs.csv (one row per run) and
-PNG figures (ROC curves per class from saved predictions, metric against
-label fraction).
+Writes into --out (default RUNS_A/report): report.md (each run set's
+protocol as its records state it: encoder, label subset, selection metric;
+paper Tables I-III layout: mean ± sd over seeds per label fraction and
+protocol beside the paper's MLVICX numbers, every other recorded metric
+marked as not in the paper (RSNA AUC; SIIM Dice over positive images and
+per image), each SIIM Dice with its empty-prediction floor; per-class AUCs,
+each run's bootstrap 95% CI, t-tests), summary.json (the same numbers,
+unrounded), runs.csv (one row per run) and PNG figures (ROC curves per
+class from saved predictions, metric against label fraction).
 """
 
 import os

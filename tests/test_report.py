@@ -153,6 +153,33 @@ def test_record_round_trip_with_nan_auc_and_predictions(tmp_path):
   assert row['test_auc_Hernia'] == ''
 
 
+def test_new_fields_round_trip_and_dice_counts_ci(tmp_path):
+  rng = np.random.default_rng(0)
+  truth = (rng.random((40, 64)) < 0.3) & (np.arange(40) % 2 == 1)[:, None]
+  pred = truth ^ (rng.random((40, 64)) < 0.1)
+  counts = np.stack([(pred & truth).sum(1), pred.sum(1), truth.sum(1)], 1)
+  dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+  floors = {'dice': 0.0, 'dice_positive': None, 'dice_per_image': 0.5}
+  fields = dict(floors=floors, val_floors=floors, encoder=_RANDOM,
+                selection_metric='dice', label_subset={
+                    'mode': 'fixed', 'seed': 0, 'positive_per_class': True,
+                    'size': 12, 'added_for_positives': 2})
+  record = records.make_record('siim', 'frozen', 0.3, 1, None,
+                               {'dice': dice, 'dice_positive': 0.7}, **fields)
+  path = records.write_run_record(str(tmp_path), record,
+                                  {'dice_counts': counts})
+  (loaded,) = records.load_run_records(str(tmp_path))
+  assert {k: loaded[k] for k in fields} == fields
+  ci, source = report_lib.run_ci(loaded, 300, 0.05, 0)
+  assert source == 'bootstrap' and ci[0] < dice < ci[1] < ci[0] + 0.3
+  with open(path[:-len('.json')] + '.csv', encoding='utf-8') as f:
+    (row,) = list(csv.DictReader(f))
+  assert [row[k] for k in (
+      'floor_dice_per_image', 'encoder_context_blocks', 'encoder_bn_statistics',
+      'label_subset_mode', 'selection_metric', 'test_dice_positive')] == [
+          '0.5', 'keep', 're-estimated', 'fixed', 'dice', '0.7']
+
+
 def test_invalid_records_name_file_and_field(tmp_path):
   good = {'task': 'rsna', 'protocol': 'frozen', 'label_fraction': 0.3,
           'seed': 0, 'checkpoint': None, 'metric_name': 'accuracy',
@@ -164,6 +191,19 @@ def test_invalid_records_name_file_and_field(tmp_path):
       ({**good, 'metric_name': 'f1'}, 'metric_name'),
       ({**good, 'test': {'mean_auc': 0.7}}, 'test.accuracy'),
       ({**good, 'ci95': [0.1]}, 'ci95'),
+      ({**good, 'floors': {'dice': 'none'}}, 'floors.dice'),
+      ({**good, 'val_floors': {'dice_per_image': 1.5}},
+       'val_floors.dice_per_image'),
+      ({**good, 'floors': {'iou': 0.0}}, 'floors.iou'),
+      ({**good, 'encoder': 'keep'}, 'field encoder'),
+      ({**good, 'encoder': {**_KEPT, 'context_blocks': 'all'}},
+       'encoder.context_blocks'),
+      ({**good, 'encoder': {'context_blocks': 'drop'}},
+       'encoder.bn_statistics'),
+      ({**good, 'encoder': {**_RANDOM, 'bn_images': '1600'}},
+       'encoder.bn_images'),
+      ({**good, 'label_subset': {'mode': 'random'}}, 'label_subset.mode'),
+      ({**good, 'selection_metric': ['auc']}, 'selection_metric'),
   ]
   for i, (record, field) in enumerate(cases):
     path = tmp_path / f'case{i}' / 'run_record_bad.json'
@@ -199,18 +239,33 @@ _NIH_A = {('finetune', 0.01): [0.61, 0.64, 0.62],
           ('frozen', 0.01): [0.58, 0.59, 0.60]}
 _NIH_B = {('finetune', 0.01): [0.60, 0.62, 0.615],
           ('finetune', 0.1): [0.69, 0.70, 0.705]}
-_SIIM_A = {('finetune', 1.0): [0.55, 0.57]}
+# SIIM: (global, positive-image, per-image Dice) per seed; per-image floors
+# differ by seed so the floor row must be their mean (0.51).
+_SIIM_A = {('finetune', 1.0): [(0.55, 0.40, 0.70), (0.57, 0.44, 0.74)]}
+_SIIM_B = {('finetune', 1.0): [(0.50, 0.35, 0.66), (0.53, 0.42, 0.70)]}
+_PER_IMAGE_FLOORS = (0.50, 0.52)
+_RSNA_A = {('frozen', 0.01): [(0.78, 0.84), (0.80, 0.87)]}  # (accuracy, AUC)
 _CLASSES = ['Atelectasis', 'Effusion']
+_KEPT = {'context_blocks': 'keep', 'bn_statistics': 'checkpoint',
+         'bn_batches': None, 'bn_images': None, 'random_init': False}
+_RANDOM = {'context_blocks': 'keep', 'bn_statistics': 're-estimated',
+           'bn_batches': 50, 'bn_images': 1600, 'random_init': True}
 
 
-def _write_run_set(root, nih, siim, with_predictions):
+def _write_run_set(root, nih, siim, with_predictions, rsna=(), fixed=True):
   rng = np.random.default_rng(len(str(root)))
+  protocol_fields = lambda seed, metric: dict(
+      encoder=_KEPT if fixed else _RANDOM, selection_metric=metric,
+      label_subset={'mode': 'fixed' if fixed else 'per_seed',
+                    'seed': 0 if fixed else seed, 'positive_per_class': fixed,
+                    'size': 10, 'added_for_positives': 3 * fixed})
   for (protocol, fraction), values in nih.items():
     for seed, value in enumerate(values):
       per_class = {'Atelectasis': value - 0.01, 'Effusion': value + 0.01}
       record = records.make_record(
           'nih', protocol, fraction, seed, f'{root}/ckpt',
-          {'mean_auc': value, 'per_class_auc': per_class}, best_epoch=seed)
+          {'mean_auc': value, 'per_class_auc': per_class}, best_epoch=seed,
+          **protocol_fields(seed, 'mean_auc'))
       predictions = None
       if with_predictions and seed == 0:
         labels = (rng.random((300, 2)) < 0.4).astype(np.int64)
@@ -220,9 +275,20 @@ def _write_run_set(root, nih, siim, with_predictions):
       records.write_run_record(
           str(root / f'{protocol}_{fraction}_{seed}'), record, predictions)
   for (protocol, fraction), values in siim.items():
-    for seed, value in enumerate(values):
-      record = records.make_record('siim', protocol, fraction, seed, None,
-                                   {'dice': value})
+    for seed, dice in enumerate(values):
+      floors = dict(dice=0.0, dice_positive=0.0,
+                    dice_per_image=_PER_IMAGE_FLOORS[seed])
+      record = records.make_record(
+          'siim', protocol, fraction, seed, None,
+          dict(zip(('dice', 'dice_positive', 'dice_per_image'), dice)),
+          floors=floors, val_floors=floors, **protocol_fields(seed, 'dice'))
+      records.write_run_record(str(root), record)
+  for (protocol, fraction), values in dict(rsna).items():
+    for seed, (accuracy, auc) in enumerate(values):
+      record = records.make_record(
+          'rsna', protocol, fraction, seed, None,
+          {'accuracy': accuracy, 'mean_auc': auc},
+          **protocol_fields(seed, 'accuracy'))
       records.write_run_record(str(root), record)
 
 
@@ -241,8 +307,10 @@ def _cell_numbers(cell):
 @pytest.fixture(scope='module')
 def report_outputs(tmp_path_factory):
   root = tmp_path_factory.mktemp('runs')
-  _write_run_set(root / 'mlvicx', _NIH_A, _SIIM_A, with_predictions=True)
-  _write_run_set(root / 'baseline', _NIH_B, {}, with_predictions=False)
+  _write_run_set(root / 'mlvicx', _NIH_A, _SIIM_A, with_predictions=True,
+                 rsna=_RSNA_A)
+  _write_run_set(root / 'baseline', _NIH_B, _SIIM_B, with_predictions=False,
+                 fixed=False)
   out = root / 'report'
   result = subprocess.run(
       [sys.executable, '-m', 'mlvicx_jax.report',
@@ -277,14 +345,6 @@ def test_report_tables_match_numpy(report_outputs):
   assert frozen_rows['MLVICX (paper)'][1] == '0.601'
   assert 'baseline (reproduced)' not in frozen_rows
 
-  siim = _table_after(markdown, '## SIIM-ACR')
-  siim_rows = {row[0]: row for row in siim[1:]}
-  column = siim[0].index('fine-tune 100%')
-  assert siim_rows['MLVICX (paper)'][column] == '0.59 ± 0.01'
-  mean, sd = _cell_numbers(siim_rows['mlvicx (reproduced)'][column])
-  assert mean == pytest.approx(0.56, abs=5e-4)
-  assert sd == pytest.approx(np.std([0.55, 0.57], ddof=1), abs=5e-4)
-
   per_class = _table_after(markdown, 'Per-class AUC: NIH ChestX-ray14, '
                            'fine-tune, mlvicx')
   effusion = {row[0]: row for row in per_class[1:]}['Effusion']
@@ -303,7 +363,8 @@ def test_report_summary_ttests_and_cis(report_outputs):
   assert cell['paper'] == 0.601
 
   (tests,) = summary['paired_tests'].values()
-  by_fraction = {(t['protocol'], t['fraction']): t for t in tests}
+  by_fraction = {(t['protocol'], t['fraction']): t for t in tests
+                 if t['task'] == 'nih'}
   for key in (('finetune', 0.01), ('finetune', 0.1)):
     reference = stats.ttest_rel(_NIH_A[key], _NIH_B[key])
     assert by_fraction[key]['n'] == 3
@@ -326,7 +387,7 @@ def test_report_summary_ttests_and_cis(report_outputs):
 
   with open(out / 'runs.csv', encoding='utf-8') as f:
     rows = list(csv.DictReader(f))
-  assert len(rows) == 3 * 3 + 2 + 3 * 2
+  assert len(rows) == 3 * 3 + 2 + 2 + 3 * 2 + 2
 
 
 def test_report_writes_pngs(report_outputs):
@@ -349,3 +410,70 @@ def test_report_cli_names_a_run_dir_without_records(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode != 0
   assert str(empty) in result.stderr
+
+
+def test_report_siim_three_dice_rsna_and_protocol(report_outputs):
+  _, out = report_outputs
+  markdown = (out / 'report.md').read_text(encoding='utf-8')
+  siim = markdown.split('## SIIM-ACR Pneumothorax: Dice\n', 1)[1]
+  note = siim.split('\n#', 1)[0]
+  for phrase in ('The global Dice', "stands beside the paper's Table III",
+                 'does not define its Dice', 'gives 0.50 to a model',
+                 '(0.42–0.45)', 'does not depend on the balance'):
+    assert phrase in note
+  floors = {'dice': 0.0, 'dice_positive': 0.0,
+            'dice_per_image': np.mean(_PER_IMAGE_FLOORS)}
+  for k, (metric, source) in enumerate((
+      ('Dice (global)', 'beside paper Table III'),
+      ('Dice (positive images)', 'not in the paper'),
+      ('Dice (per image)', 'not in the paper'))):
+    table = _table_after(siim, f'### SIIM-ACR Pneumothorax: {metric}, {source}')
+    rows = {row[0]: row for row in table[1:]}
+    column = table[0].index('fine-tune 100%')
+    assert rows.get('MLVICX (paper)', [''] * 4)[column] == (
+        '0.59 ± 0.01' if k == 0 else '')  # Table III, fine-tune, all labels
+    key = list(floors)[k]
+    assert float(rows['empty prediction (floor)'][column]) == pytest.approx(
+        floors[key], abs=5e-4)
+    for run_set, values in (('mlvicx', _SIIM_A), ('baseline', _SIIM_B)):
+      seeds = [v[k] for v in values[('finetune', 1.0)]]
+      assert _cell_numbers(rows[f'{run_set} (reproduced)'][column])[:2] == [
+          pytest.approx(np.mean(seeds), abs=5e-4),
+          pytest.approx(np.std(seeds, ddof=1), abs=5e-4)]
+  assert siim.index('Dice (global), beside') < siim.index('(positive images)')
+
+  accuracy = _table_after(markdown, '## RSNA Pneumonia, frozen (linear probe): '
+                          'accuracy (paper Table II)')
+  auc = _table_after(markdown, '## RSNA Pneumonia, frozen (linear probe): '
+                     'mean AUC (not reported in the paper)')
+  assert {r[0]: r for r in accuracy}['MLVICX (paper)'][1] == '0.783'
+  assert [r[0] for r in auc[1:]] == ['mlvicx (reproduced)']
+  for table, k in ((accuracy, 0), (auc, 1)):
+    seeds = [v[k] for v in _RSNA_A[('frozen', 0.01)]]
+    cell = {r[0]: r for r in table}['mlvicx (reproduced)'][1]
+    assert _cell_numbers(cell)[0] == pytest.approx(np.mean(seeds), abs=5e-4)
+
+  lines = markdown.splitlines()
+  for line in (
+      '- **mlvicx**: encoder: context blocks kept, BatchNorm statistics from '
+      'the checkpoint',
+      '- **baseline**: encoder: random initialisation (with context blocks), '
+      'BatchNorm statistics re-estimated on 1,600 downstream training images '
+      '(50 batches)',
+      '- **mlvicx**: label subset: one fixed subset for every seed (subset '
+      'seed 0), at least one positive per class where the split has one (3 images '
+      'added at most)',
+      '- **baseline**: label subset: a new subset per seed',
+      '- **mlvicx**: selection: early stopping on validation accuracy [rsna; '
+      '2 of 13 runs]'):
+    assert lines.count(line) == 1, line
+  assert lines.index(line) < lines.index('## NIH ChestX-ray14, fine-tune: '
+                                         'mean AUC (paper Table I)')
+
+  summary = json.loads((out / 'summary.json').read_text(encoding='utf-8'))
+  (tests,) = summary['paired_tests'].values()
+  (test,) = [t for t in tests if t['metric'] == 'dice_positive']
+  reference = stats.ttest_rel(*([v[1] for v in s[('finetune', 1.0)]]
+                                for s in (_SIIM_A, _SIIM_B)))
+  assert test['t'] == pytest.approx(reference.statistic)
+  assert test['p'] == pytest.approx(reference.pvalue)

@@ -17,6 +17,10 @@ from matplotlib import ticker
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from mlvicx_jax.evaluate import paper_results
+from mlvicx_jax.evaluate import records as records_lib
+from mlvicx_jax.evaluate import report_lib
+
 
 def _new_figure(width: float, height: float) -> mpl_figure.Figure:
   fig = mpl_figure.Figure(figsize=(width, height), dpi=100)
@@ -119,3 +123,61 @@ def plot_metric_vs_fraction(
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize='small')
   return _save(fig, path)
+
+
+def write_report_plots(run_sets: Mapping[str, Sequence[Mapping]],
+                       summary: Sequence[Mapping], out_dir: str) -> list[str]:
+  """The report's figures: ROC curves from saved predictions, and each metric
+  against the label fraction beside the paper's numbers."""
+  paths = []
+  # ROC curves: the lowest seed with predictions per row/task/protocol/fraction.
+  chosen = {}
+  for name, records in run_sets.items():
+    for r in sorted(records, key=lambda r: r['seed']):
+      key = (report_lib.row_label(name, r), r['task'], r['protocol'],
+             report_lib.fraction_key(r['label_fraction']))
+      if key not in chosen and r.get('predictions'):
+        predictions = records_lib.load_predictions(r)
+        if 'scores' in predictions:
+          chosen[key] = (r, predictions)
+  for (label, task, protocol, fraction), (r, p) in chosen.items():
+    names = p.get('class_names')
+    if names is None:
+      names = list((r['test'].get('per_class_auc') or {}).keys()) or None
+    path = os.path.join(out_dir, f'roc_{records_lib.slug(label)}_{task}_'
+                        f'{protocol}_f{fraction:g}_seed{r["seed"]}.png')
+    title = (f'{label}: {paper_results.TASK_TITLES[task]}, '
+             f'{paper_results.PROTOCOL_TITLES[protocol]}, '
+             f'{paper_results.format_fraction(fraction)}, seed {r["seed"]}')
+    paths.append(plot_roc_curves(
+        p['labels'], p['scores'],
+        None if names is None else [str(n) for n in names], path, title))
+  # Metric against label fraction, per task and metric.
+  for task in paper_results.TASKS:
+    for metric in records_lib.METRIC_NAMES:
+      rows = [r for r in summary if r['task'] == task and r['metric'] == metric]
+      if not rows:
+        continue
+      series = {}
+      for label, protocol in dict.fromkeys((r['row'], r['protocol'])
+                                           for r in rows):
+        cell = [r for r in rows if (r['row'], r['protocol']) == (label,
+                                                                 protocol)]
+        series[f'{label}, {protocol}'] = ([r['fraction'] for r in cell],
+                                          [r['mean'] for r in cell],
+                                          [r['sd'] for r in cell])
+      paper = {}
+      if metric == paper_results.PAPER_METRIC[task]:
+        for protocol in dict.fromkeys(r['protocol'] for r in rows):
+          points = [(f, paper_results.paper_reference(task, protocol, f))
+                    for f in paper_results.FRACTIONS]
+          points = [(f, v) for f, v in points if v is not None]
+          if points:
+            paper[f'{paper_results.OURS} paper, {protocol}'] = (
+                [f for f, _ in points], [v for _, v in points])
+      title = records_lib.METRIC_TITLES[metric]
+      path = os.path.join(out_dir, f'{metric}_vs_fraction_{task}.png')
+      paths.append(plot_metric_vs_fraction(
+          series, path, title, f'{paper_results.TASK_TITLES[task]}: {title}',
+          paper))
+  return paths

@@ -1,11 +1,10 @@
 """Run records: the schema every evaluation run writes and the report reads.
 
-Every evaluation run (one task, protocol, label fraction and seed) writes a
-run record: `run_record_<task>_<protocol>_f<fraction>_seed<seed>.json` plus
-a one-row CSV of the same stem and, optionally, its test predictions
-(`..._predictions.npz`) for ROC curves and bootstrap intervals. The schema
-lives here alone so that writers (the harness) and readers (the report)
-cannot drift apart.
+Every evaluation run (one task, protocol, label fraction and seed) writes
+`run_record_<task>_<protocol>_f<fraction>_seed<seed>.json`, a one-row CSV of the same stem
+and, optionally, its test predictions (`..._predictions.npz`) for ROC curves and bootstrap
+intervals. The schema lives here alone so that the writer (the harness) and the reader (the
+report) cannot drift apart.
 
 Record schema (version 1), JSON:
 
@@ -15,20 +14,31 @@ Record schema (version 1), JSON:
   label_fraction  float in (0, 1]; 1.0 is all labels
   seed            int; runs of two run sets are paired by it
   checkpoint      str (pretrained checkpoint evaluated) or null
-  metric_name     'mean_auc' | 'accuracy' | 'dice': the reported metric
-  test            {'mean_auc': float, 'per_class_auc': {class: float|null},
-                   'accuracy': float, 'dice': float}: those that apply;
-                   test[metric_name] is required; null AUC = undefined
-                   (single-valued class)
+  metric_name     the reported metric: 'mean_auc' (NIH, VinBig), 'accuracy' (RSNA), 'dice'
+  test            those that apply of METRIC_NAMES and 'per_class_auc': {class: float|null};
+                  test[metric_name] is required; null = undefined (e.g. AUC of a one-valued
+                  class). Dice at 0.5: 'dice' global, 2 sum TP / (sum predicted + sum true)
+                  over every pixel of the split; 'dice_positive' the mean over images with a
+                  non-empty truth; 'dice_per_image' the mean over all, empty on empty = 1
   val             optional, same keys: validation at the best epoch
   best_epoch      int|null: the epoch whose parameters were tested
   stop_epoch      int|null: the epoch early stopping ended training
   ci95            [low, high]|null: bootstrap CI of test[metric_name]
-  predictions     file name (same directory) of an npz holding 'labels'
-                  and 'scores' (N, K) (classification) or 'per_image_dice'
-                  (N,) (segmentation), optional 'class_names'; or null
-  name            optional label of what was evaluated ('MLVICX 300 ep',
-                  'PCRLv2'); rows of the report are run set + name
+  predictions     npz file name (same directory) holding 'labels' and 'scores' (N, K)
+                  [+ 'class_names'] (classification) or 'dice_counts' (N, 3): per image TP,
+                  predicted and true pixels (segmentation; older: 'per_image_dice'); or null
+  floors          optional {metric: float in [0, 1]|null}: what an all-empty prediction
+                  scores on the test split, per Dice (global 0, positive images 0, per image
+                  the share of images whose truth is empty)
+  val_floors      optional, the same on the validation split
+  encoder         optional {'context_blocks': 'keep'|'drop', 'bn_statistics':
+                  'checkpoint'|'re-estimated', 'bn_batches': int|null, 'bn_images':
+                  int|null, 'random_init': bool}: what the downstream model started from
+  label_subset    optional {'mode': 'fixed'|'per_seed', 'seed': int, 'positive_per_class':
+                  bool, 'size': int, 'added_for_positives': int}: the labelled images
+  selection_metric  optional str: the validation metric early stopping used
+  name            optional label of what was evaluated ('MLVICX 300 ep', 'PCRLv2'); rows
+                  of the report are run set + name
   other keys      kept as they are (e.g. 'config')
 """
 
@@ -50,12 +60,24 @@ from mlvicx_jax.evaluate import paper_results
 SCHEMA_VERSION = 1
 RECORD_PREFIX = 'run_record_'
 PREDICTIONS_SUFFIX = '_predictions.npz'
-METRIC_NAMES = ('mean_auc', 'accuracy', 'dice')
-METRIC_TITLES = {'mean_auc': 'mean AUC', 'accuracy': 'accuracy',
-                 'dice': 'Dice'}
+METRIC_NAMES = ('mean_auc', 'accuracy', 'dice', 'dice_positive', 'dice_per_image')
+METRIC_TITLES = {'mean_auc': 'mean AUC', 'accuracy': 'accuracy', 'dice': 'Dice (global)',
+                 'dice_positive': 'Dice (positive images)',
+                 'dice_per_image': 'Dice (per image)'}
 REQUIRED_FIELDS = ('task', 'protocol', 'label_fraction', 'seed', 'checkpoint',
                    'metric_name', 'test')
 SOURCE_KEY = '_source'  # path a loaded record came from; never written
+FLOOR_FIELDS = ('floors', 'val_floors')
+# Optional dict fields the report states per run set, so a typo must not pass silently:
+# key -> its allowed strings (such a key is required) or a kind of value.
+FIELD_SPECS = {
+    'encoder': {'context_blocks': ('keep', 'drop'),
+                'bn_statistics': ('checkpoint', 're-estimated'),
+                'bn_batches': 'int|null', 'bn_images': 'int|null', 'random_init': 'bool'},
+    'label_subset': {'mode': ('fixed', 'per_seed'), 'seed': 'int', 'positive_per_class': 'bool',
+                     'size': 'int', 'added_for_positives': 'int'},
+}
+_KIND_TEXT = {'bool': 'true or false', 'int': 'an integer', 'int|null': 'an integer or null'}
 
 
 def _finite_or_none(value):
@@ -65,11 +87,56 @@ def _finite_or_none(value):
   return value if math.isfinite(value) else None
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _spec_ok(value, kind) -> bool:
+  if isinstance(kind, tuple):
+    return isinstance(value, str) and value in kind
+  if kind == 'bool':
+    return isinstance(value, (bool, np.bool_))
+  return _is_int(value) or (value is None and kind == 'int|null')
+
+
+def _check_spec_dict(entry, field: str, source: str) -> dict:
+  """Validates an `encoder`/`label_subset` dict against FIELD_SPECS."""
+  if not isinstance(entry, Mapping):
+    raise ValueError(f'{source}: field {field} must be a dict, got {type(entry).__name__}')
+  out = dict(entry)
+  for key, kind in FIELD_SPECS[field].items():
+    if key not in out and not isinstance(kind, tuple):
+      continue  # optional key
+    if not _spec_ok(out.get(key), kind):
+      what = f'one of {kind}' if isinstance(kind, tuple) else _KIND_TEXT[kind]
+      raise ValueError(f'{source}: field {field}.{key} must be {what}, got {out.get(key)!r}')
+    if out[key] is not None and not isinstance(kind, tuple):
+      out[key] = bool(out[key]) if kind == 'bool' else int(out[key])
+  return out
+
+
+def _check_floors(entry, field: str, source: str) -> dict:
+  """Validates `floors`/`val_floors`: metric -> Dice in [0, 1] or null (NaN -> null)."""
+  if not isinstance(entry, Mapping):
+    raise ValueError(f'{source}: field {field} must be a dict of metric to number, got '
+                     f'{type(entry).__name__}')
+  for key, value in entry.items():
+    if key not in METRIC_NAMES:
+      raise ValueError(f'{source}: field {field}.{key} is not a metric (one of {METRIC_NAMES})')
+    if value is not None and not (_is_number(value) and (math.isnan(value) or 0 <= value <= 1)):
+      raise ValueError(f'{source}: field {field}.{key} must be a number in [0, 1] or null, '
+                       f'got {value!r}')
+  return {k: _finite_or_none(v) for k, v in entry.items()}
+
+
 def _check_metric_dict(entry, field: str, source: str) -> dict:
   """Validates a `test`/`val` dict; null per-class AUCs become NaN."""
   if not isinstance(entry, Mapping):
-    raise ValueError(f'{source}: field {field!r} must be a dict, got '
-                     f'{type(entry).__name__}')
+    raise ValueError(f'{source}: field {field!r} must be a dict, got {type(entry).__name__}')
   checked = dict(entry)
   for key in METRIC_NAMES:
     if key in checked and checked[key] is not None:
@@ -81,23 +148,18 @@ def _check_metric_dict(entry, field: str, source: str) -> dict:
   if checked.get('per_class_auc') is not None:
     per_class = checked['per_class_auc']
     if not isinstance(per_class, Mapping):
-      raise ValueError(f'{source}: field {field}.per_class_auc must be a dict '
-                       'of class name to AUC')
-    checked['per_class_auc'] = {
-        str(k): float('nan') if v is None else float(v)
-        for k, v in per_class.items()}
+      raise ValueError(f'{source}: field {field}.per_class_auc must be a dict of class name '
+                       'to AUC')
+    checked['per_class_auc'] = {str(k): float('nan') if v is None else float(v)
+                                for k, v in per_class.items()}
   return checked
 
 
 def validate_record(record: Mapping, source: str = 'run record') -> dict:
   """Checks a record against the schema; returns a normalised copy.
 
-  Args:
-    record: the record dict.
-    source: where it came from, for error messages (a file name).
-
-  Raises:
-    ValueError: naming `source` and the offending field.
+  Raises ValueError naming `source` (where the record came from, e.g. its file) and the
+  offending field, so a bad record among hundreds is found at once.
   """
   if not isinstance(record, Mapping):
     raise ValueError(f'{source}: a run record must be a JSON object')
@@ -107,76 +169,69 @@ def validate_record(record: Mapping, source: str = 'run record') -> dict:
   out = dict(record)
   version = out.setdefault('schema_version', SCHEMA_VERSION)
   if version != SCHEMA_VERSION:
-    raise ValueError(f'{source}: schema_version {version!r} is not '
-                     f'{SCHEMA_VERSION}')
+    raise ValueError(f'{source}: schema_version {version!r} is not {SCHEMA_VERSION}')
   try:
     out['task'] = paper_results.normalize_task(out['task'])
     out['protocol'] = paper_results.normalize_protocol(out['protocol'])
   except ValueError as e:
     raise ValueError(f'{source}: {e}') from None
-  try:
-    fraction = float(out['label_fraction'])
-  except (TypeError, ValueError):
-    fraction = float('nan')
-  if not 0 < fraction <= 1:
-    raise ValueError(f'{source}: field label_fraction must be in (0, 1], got '
-                     f'{out["label_fraction"]!r}')
-  out['label_fraction'] = fraction
-  seed = out['seed']
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-    raise ValueError(f'{source}: field seed must be an integer, got {seed!r}')
-  out['seed'] = int(seed)
-  if out['checkpoint'] is not None and not isinstance(out['checkpoint'], str):
-    raise ValueError(f'{source}: field checkpoint must be a string or null')
+  fraction = out['label_fraction']
+  if not (_is_number(fraction) and 0 < fraction <= 1):
+    raise ValueError(f'{source}: field label_fraction must be in (0, 1], got {fraction!r}')
+  out['label_fraction'] = float(fraction)
+  for field in ('seed', 'best_epoch', 'stop_epoch'):
+    if out.get(field) is not None or field == 'seed':
+      if not _is_int(out.get(field)):
+        raise ValueError(f'{source}: field {field} must be an integer'
+                         f'{"" if field == "seed" else " or null"}, got {out.get(field)!r}')
+      out[field] = int(out[field])
+  for field in ('checkpoint', 'name', 'selection_metric'):
+    if out.get(field) is not None and not isinstance(out[field], str):
+      raise ValueError(f'{source}: field {field} must be a string or null, got '
+                       f'{out[field]!r}')
   if out['metric_name'] not in METRIC_NAMES:
-    raise ValueError(f'{source}: field metric_name must be one of '
-                     f'{METRIC_NAMES}, got {out["metric_name"]!r}')
+    raise ValueError(f'{source}: field metric_name must be one of {METRIC_NAMES}, got '
+                     f'{out["metric_name"]!r}')
   out['test'] = _check_metric_dict(out['test'], 'test', source)
   value = out['test'].get(out['metric_name'])
   if value is None or not math.isfinite(value):
-    raise ValueError(f'{source}: field test.{out["metric_name"]} (the '
-                     f'metric_name) must be a finite number, got {value!r}')
+    raise ValueError(f'{source}: field test.{out["metric_name"]} (the metric_name) must be a '
+                     f'finite number, got {value!r}')
   if out.get('val') is not None:
     out['val'] = _check_metric_dict(out['val'], 'val', source)
-  for field in ('best_epoch', 'stop_epoch'):
-    if out.get(field) is not None:
-      if not isinstance(out[field], (int, np.integer)):
-        raise ValueError(f'{source}: field {field} must be an integer or '
-                         'null')
-      out[field] = int(out[field])
-  if out.get('ci95') is not None:
-    ci = out['ci95']
-    if (not isinstance(ci, Sequence) or len(ci) != 2 or
-        not all(isinstance(v, (int, float)) for v in ci)):
+  ci = out.get('ci95')
+  if ci is not None:
+    if not (isinstance(ci, Sequence) and len(ci) == 2 and all(_is_number(v) for v in ci)):
       raise ValueError(f'{source}: field ci95 must be [low, high], got {ci!r}')
     out['ci95'] = [float(ci[0]), float(ci[1])]
-  if out.get('name') is not None and not isinstance(out['name'], str):
-    raise ValueError(f'{source}: field name must be a string or null')
+  for field in FLOOR_FIELDS:
+    if out.get(field) is not None:
+      out[field] = _check_floors(out[field], field, source)
+  for field in FIELD_SPECS:
+    if out.get(field) is not None:
+      out[field] = _check_spec_dict(out[field], field, source)
   return out
 
 
 def make_record(task: str, protocol: str, label_fraction: float, seed: int,
-                checkpoint: str | None, test: Mapping,
-                metric_name: str | None = None, *,
+                checkpoint: str | None, test: Mapping, metric_name: str | None = None, *,
                 best_epoch: int | None = None, stop_epoch: int | None = None,
-                ci95: Sequence[float] | None = None,
-                val: Mapping | None = None, name: str | None = None,
-                **extra) -> dict:
+                ci95: Sequence[float] | None = None, val: Mapping | None = None,
+                name: str | None = None, **extra) -> dict:
   """Builds and validates a run record.
 
-  `metric_name` defaults to the metric the paper reports for `task`
-  (mean AUC for NIH and VinBig, accuracy for RSNA, Dice for SIIM).
-  `test` is e.g. `metrics.classification_summary(labels, scores, names)`.
+  `metric_name` defaults to the metric the paper reports for `task` (mean AUC for NIH and
+  VinBig, accuracy for RSNA, Dice for SIIM). `test` is e.g.
+  `metrics.classification_summary(labels, scores, names)`. `extra` holds the optional
+  fields (floors, encoder, label_subset, selection_metric, ...).
   """
   if metric_name is None:
-    metric_name = paper_results.PAPER_METRIC[
-        paper_results.normalize_task(task)]
+    metric_name = paper_results.PAPER_METRIC[paper_results.normalize_task(task)]
   record = dict(schema_version=SCHEMA_VERSION, task=task, protocol=protocol,
-                label_fraction=label_fraction, seed=seed,
-                checkpoint=checkpoint, metric_name=metric_name,
-                test=dict(test), val=None if val is None else dict(val),
-                best_epoch=best_epoch, stop_epoch=stop_epoch,
-                ci95=None if ci95 is None else list(ci95), name=name,
+                label_fraction=label_fraction, seed=seed, checkpoint=checkpoint,
+                metric_name=metric_name, test=dict(test),
+                val=None if val is None else dict(val), best_epoch=best_epoch,
+                stop_epoch=stop_epoch, ci95=None if ci95 is None else list(ci95), name=name,
                 predictions=None)
   record.update(extra)
   return validate_record(record, source='make_record')
@@ -187,7 +242,7 @@ def slug(text: str) -> str:
 
 
 def record_stem(record: Mapping) -> str:
-  """File stem of a record: run_record_<task>_<protocol>_f<frac>_seed<seed>."""
+  """File stem of a record: run_record_<task>_<protocol>_f<frac>_seed<seed>[_<name>]."""
   stem = (f'{RECORD_PREFIX}{record["task"]}_{record["protocol"]}_'
           f'f{float(record["label_fraction"]):g}_seed{int(record["seed"])}')
   if record.get('name'):
@@ -228,93 +283,93 @@ def _csv_value(value):
 
 
 def flatten_record(record: Mapping) -> dict:
-  """One CSV row: scalars, test metrics, per-class AUCs as test_auc_<class>."""
+  """One CSV row: scalars, test metrics, floors, protocol fields, per-class test AUCs."""
   test = record.get('test') or {}
+  encoder = record.get('encoder') or {}
   ci = record.get('ci95') or [None, None]
-  row = {
-      'name': record.get('name') or '',
-      'task': record['task'],
-      'protocol': record['protocol'],
-      'label_fraction': record['label_fraction'],
-      'seed': record['seed'],
-      'metric_name': record['metric_name'],
-      'value': test.get(record['metric_name']),
-      'ci95_low': ci[0],
-      'ci95_high': ci[1],
-      'best_epoch': record.get('best_epoch'),
-      'stop_epoch': record.get('stop_epoch'),
-      'checkpoint': record.get('checkpoint') or '',
-      'predictions': record.get('predictions') or '',
-  }
+  row = dict(name=record.get('name') or '', task=record['task'], protocol=record['protocol'],
+             label_fraction=record['label_fraction'], seed=record['seed'],
+             metric_name=record['metric_name'], value=test.get(record['metric_name']),
+             ci95_low=ci[0], ci95_high=ci[1], best_epoch=record.get('best_epoch'),
+             stop_epoch=record.get('stop_epoch'), checkpoint=record.get('checkpoint') or '',
+             predictions=record.get('predictions') or '')
   for key in METRIC_NAMES:
     row[f'test_{key}'] = test.get(key)
+  for key, floor in (record.get('floors') or {}).items():
+    row[f'floor_{key}'] = floor
+  row.update(encoder_context_blocks=encoder.get('context_blocks'),
+             encoder_bn_statistics=encoder.get('bn_statistics'),
+             label_subset_mode=(record.get('label_subset') or {}).get('mode'),
+             selection_metric=record.get('selection_metric'))
   for cls, auc in (test.get('per_class_auc') or {}).items():
     row[f'test_auc_{cls}'] = auc
   return {k: _csv_value(v) for k, v in row.items()}
 
 
 def csv_text(rows: Sequence[Mapping]) -> str:
+  """CSV of rows whose columns may differ (the union, in first-seen order)."""
   columns = []
   for row in rows:
     columns += [c for c in row if c not in columns]
   buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=columns, restval='',
-                          lineterminator='\n')
+  writer = csv.DictWriter(buffer, fieldnames=columns, restval='', lineterminator='\n')
   writer.writeheader()
   for row in rows:
     writer.writerow(row)
   return buffer.getvalue()
 
 
-def write_run_record(out_dir: str, record: Mapping,
-                     predictions: Mapping | None = None) -> str:
+def _check_predictions(predictions: Mapping) -> dict:
+  arrays = {k: np.asarray(v) for k, v in predictions.items()}
+  has_cls = 'labels' in arrays and 'scores' in arrays
+  if not has_cls and not {'dice_counts', 'per_image_dice'} & set(arrays):
+    raise ValueError(f'predictions must hold labels and scores, or dice_counts; got '
+                     f'{sorted(arrays)}')
+  if has_cls and arrays['labels'].shape != arrays['scores'].shape:
+    raise ValueError(f'predictions: labels {arrays["labels"].shape} and scores '
+                     f'{arrays["scores"].shape} differ in shape')
+  counts = arrays.get('dice_counts')
+  if counts is not None and (counts.ndim != 2 or counts.shape[1] != 3):
+    raise ValueError(f'predictions: dice_counts must be (N, 3), got {counts.shape}')
+  if 'class_names' in arrays:
+    arrays['class_names'] = arrays['class_names'].astype(str)
+  return arrays
+
+
+def write_run_record(out_dir: str, record: Mapping, predictions: Mapping | None = None) -> str:
   """Writes a record as JSON and CSV (and its predictions as npz).
 
   Args:
     out_dir: directory (created if needed).
     record: a record (see the module docstring; `make_record` builds one).
-    predictions: optional {'labels', 'scores'[, 'class_names']} for a
-      classifier or {'per_image_dice'} for segmentation; saved next to the
-      record and linked from its `predictions` field.
+    predictions: optional {'labels', 'scores'[, 'class_names']} for a classifier or
+      {'dice_counts'} (N, 3) for segmentation, other arrays kept; saved next to the record
+      and linked from its `predictions` field.
 
   Returns:
     Path of the JSON file.
   """
-  record = validate_record(
-      {k: v for k, v in record.items() if not k.startswith('_')},
-      source='write_run_record')
+  record = validate_record({k: v for k, v in record.items() if not k.startswith('_')},
+                           source='write_run_record')
   stem = record_stem(record)
-  if predictions is not None:
-    arrays = {k: np.asarray(v) for k, v in predictions.items()}
-    has_cls = 'labels' in arrays and 'scores' in arrays
-    if not has_cls and 'per_image_dice' not in arrays:
-      raise ValueError('predictions must hold labels and scores, or '
-                       f'per_image_dice; got {sorted(arrays)}')
-    if has_cls and arrays['labels'].shape != arrays['scores'].shape:
-      raise ValueError(f'predictions: labels {arrays["labels"].shape} and '
-                       f'scores {arrays["scores"].shape} differ in shape')
-    if 'class_names' in arrays:
-      arrays['class_names'] = arrays['class_names'].astype(str)
-    record['predictions'] = stem + PREDICTIONS_SUFFIX
   os.makedirs(out_dir, exist_ok=True)
   if predictions is not None:
+    arrays = _check_predictions(predictions)
+    record['predictions'] = stem + PREDICTIONS_SUFFIX
     path = os.path.join(out_dir, record['predictions'])
     tmp = f'{path}.tmp.{os.getpid()}.npz'
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
   json_path = os.path.join(out_dir, stem + '.json')
-  atomic_write(json_path, json.dumps(json_ready(record), indent=2,
-                                      allow_nan=False) + '\n')
-  atomic_write(os.path.join(out_dir, stem + '.csv'),
-                csv_text([flatten_record(record)]))
+  atomic_write(json_path, json.dumps(json_ready(record), indent=2, allow_nan=False) + '\n')
+  atomic_write(os.path.join(out_dir, stem + '.csv'), csv_text([flatten_record(record)]))
   return json_path
 
 
 def _record_files(dir_or_glob: str) -> list[str]:
   pattern = f'{RECORD_PREFIX}*.json'
   if os.path.isdir(dir_or_glob):
-    return sorted(glob.glob(os.path.join(dir_or_glob, '**', pattern),
-                            recursive=True))
+    return sorted(glob.glob(os.path.join(dir_or_glob, '**', pattern), recursive=True))
   if os.path.isfile(dir_or_glob):
     return [dir_or_glob]
   files = []
@@ -327,8 +382,7 @@ def _record_files(dir_or_glob: str) -> list[str]:
 def load_run_records(dir_or_glob: str) -> list[dict]:
   """Loads every run record under a directory (recursively) or glob.
 
-  Each returned record is validated and carries its file path under
-  SOURCE_KEY.
+  Each returned record is validated and carries its file path under SOURCE_KEY.
 
   Raises:
     FileNotFoundError: no records found (names `dir_or_glob`).
@@ -339,11 +393,9 @@ def load_run_records(dir_or_glob: str) -> list[dict]:
     raise FileNotFoundError(f'run directory {dir_or_glob!r} does not exist')
   files = _record_files(dir_or_glob)
   if not files:
-    what = ('directory' if os.path.isdir(dir_or_glob) else
-            'path or pattern')
-    raise FileNotFoundError(
-        f'no run records ({RECORD_PREFIX}*.json) under {what} '
-        f'{dir_or_glob!r}; evaluation runs write them into their workdir')
+    what = 'directory' if os.path.isdir(dir_or_glob) else 'path or pattern'
+    raise FileNotFoundError(f'no run records ({RECORD_PREFIX}*.json) under {what} '
+                            f'{dir_or_glob!r}; evaluation runs write them into their workdir')
   records = []
   for path in files:
     try:
@@ -365,7 +417,7 @@ def load_predictions(record: Mapping) -> dict | None:
   base = os.path.dirname(record.get(SOURCE_KEY, '') or '.')
   path = name if os.path.isabs(name) else os.path.join(base, name)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{record.get(SOURCE_KEY, "record")}: predictions '
-                            f'file {path} does not exist')
+    raise FileNotFoundError(f'{record.get(SOURCE_KEY, "record")}: predictions file {path} '
+                            'does not exist')
   with np.load(path, allow_pickle=False) as data:
     return {k: data[k] for k in data.files}

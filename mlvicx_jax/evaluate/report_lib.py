@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from mlvicx_jax.evaluate import dice as dice_lib
 from mlvicx_jax.evaluate import metrics
 from mlvicx_jax.evaluate import paper_results
 from mlvicx_jax.evaluate import records as records_lib
@@ -114,6 +115,24 @@ def summarize_per_class(records: Sequence[tuple[str, Mapping]]) -> dict:
   return out
 
 
+def summarize_floors(run_sets: Mapping[str, Sequence[Mapping]]) -> list[dict]:
+  """Mean empty-prediction floor per (task, protocol, metric, fraction).
+
+  Floors are properties of the test split, not of a model, so every record
+  of a column counts, whichever run set it is in.
+  """
+  cells = collections.defaultdict(list)
+  for records in run_sets.values():
+    for r in records:
+      for metric, floor in (r.get('floors') or {}).items():
+        if floor is not None and math.isfinite(floor):
+          cells[(r['task'], r['protocol'], metric,
+                 fraction_key(r['label_fraction']))].append(floor)
+  return [dict(zip(('task', 'protocol', 'metric', 'fraction'), key),
+               floor=float(np.mean(v)), n=len(v))
+          for key, v in sorted(cells.items())]
+
+
 def paired_tests(records_a: Sequence[Mapping], records_b: Sequence[Mapping]
                  ) -> list[dict]:
   """Paired t-tests of A against B per (task, protocol, metric, fraction).
@@ -136,7 +155,10 @@ def paired_tests(records_a: Sequence[Mapping], records_b: Sequence[Mapping]
 
   table_a, table_b = index(records_a), index(records_b)
   results = []
-  for key in sorted(set(table_a) & set(table_b)):
+  order = lambda k: (paper_results.TASKS.index(k[0]),
+                     paper_results.PROTOCOLS.index(k[1]),
+                     METRIC_NAMES.index(k[2]), k[3])
+  for key in sorted(set(table_a) & set(table_b), key=order):
     seeds_a, seeds_b = table_a[key], table_b[key]
     seeds = sorted(set(seeds_a) & set(seeds_b))
     result = dict(zip(('task', 'protocol', 'metric', 'fraction'), key),
@@ -176,7 +198,12 @@ def run_ci(record: Mapping, n_boot: int, alpha: float, seed: int
   metric = record['metric_name']
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
-    if metric == 'dice' and 'per_image_dice' in predictions:
+    if metric in md.DICE_METRICS and 'dice_counts' in predictions:
+      counts = np.asarray(predictions['dice_counts'], dtype=np.float64)
+      ci = metrics.bootstrap_ci(
+          counts, counts, lambda _, c: dice_lib.dice_summary(c)[metric],
+          n_boot=n_boot, alpha=alpha, seed=seed, skip_single_valued=False)
+    elif metric == 'dice' and 'per_image_dice' in predictions:  # older runs
       per_image = np.asarray(predictions['per_image_dice'], dtype=np.float64)
       ci = metrics.bootstrap_ci(
           per_image, per_image, lambda _, s: np.nanmean(s) if np.any(
@@ -247,6 +274,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
   os.makedirs(out_dir, exist_ok=True)
 
   summary = summarize(run_sets)
+  floors = summarize_floors(run_sets)
   labelled = [(row_label(name, r), r) for name, records in run_sets.items()
               for r in records]
   per_class = summarize_per_class(labelled)
@@ -261,6 +289,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
           protocol=r['protocol'], fraction=fraction_key(r['label_fraction']),
           seed=r['seed'], metric=r['metric_name'],
           value=r['test'][r['metric_name']], ci95=ci, ci_source=ci_source,
+          floor=(r.get('floors') or {}).get(r['metric_name']),
           best_epoch=r.get('best_epoch'), checkpoint=r.get('checkpoint'),
           source=r.get(SOURCE_KEY)))
 
@@ -268,21 +297,26 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
   for name, run_dir in zip(names, run_dirs):
     lines.append(f'- run set **{name}**: `{run_dir}` '
                  f'({len(run_sets[name])} records)')
+  lines += ['', 'Protocol (from the records):', '']
+  for name, records in run_sets.items():
+    lines += md.protocol_lines(name, records)
   lines += ['', 'Reproduced cells: test metric, mean ± sample sd over seeds '
             f'(ddof={SD_DDOF}), n = number of seeds. Paper cells as printed '
             '(MLVICX, JBHI 2024).', '']
   for task in paper_results.TASKS:
     task_rows = [r for r in summary if r['task'] == task]
+    if task == 'siim':
+      if task_rows:
+        lines += md.siim_section(
+            {m: [r for r in task_rows if r['metric'] == m]
+             for m in md.DICE_METRICS},
+            {(f['metric'], f['protocol'], f['fraction']): f['floor']
+             for f in floors if f['task'] == task}, all_methods, decimals)
+      continue
     paper_metric = paper_results.PAPER_METRIC[task]
     for metric in (paper_metric,) + tuple(
         m for m in METRIC_NAMES if m != paper_metric):
       metric_rows = [r for r in task_rows if r['metric'] == metric]
-      if not metric_rows:
-        continue
-      if task == 'siim':
-        lines += md.segmentation_section(metric, metric_rows, all_methods,
-                                         decimals)
-        continue
       for protocol in paper_results.PROTOCOLS:
         rows = [r for r in metric_rows if r['protocol'] == protocol]
         if rows:
@@ -301,7 +335,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
 
   plot_paths = []
   if plots:
-    plot_paths = _write_plots(plots_lib, run_sets, summary, out_dir)
+    plot_paths = plots_lib.write_report_plots(run_sets, summary, out_dir)
     if plot_paths:
       lines += ['## Figures', '']
       lines += [f'![{os.path.basename(p)}]({os.path.basename(p)})'
@@ -313,8 +347,8 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
   summary_path = os.path.join(out_dir, 'summary.json')
   records_lib.atomic_write(summary_path, json.dumps(records_lib.json_ready(
       {'run_sets': dict(zip(names, run_dirs)), 'cells': summary,
-       'runs': run_list, 'paired_tests': tests}), indent=2,
-                                         allow_nan=False) + '\n')
+       'floors': floors, 'runs': run_list, 'paired_tests': tests}),
+      indent=2, allow_nan=False) + '\n')
   csv_path = os.path.join(out_dir, 'runs.csv')
   records_lib.atomic_write(csv_path, records_lib.csv_text(
       [{'run_set': name, **records_lib.flatten_record(r)}
@@ -322,57 +356,3 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
   return {'markdown': md_path, 'summary': summary_path, 'csv': csv_path,
           'plots': plot_paths}
 
-
-def _write_plots(plots_lib, run_sets, summary, out_dir) -> list[str]:
-  paths = []
-  # ROC curves: the lowest seed with predictions per row/task/protocol/fraction.
-  chosen = {}
-  for name, records in run_sets.items():
-    for r in sorted(records, key=lambda r: r['seed']):
-      key = (row_label(name, r), r['task'], r['protocol'],
-             fraction_key(r['label_fraction']))
-      if key not in chosen and r.get('predictions'):
-        predictions = records_lib.load_predictions(r)
-        if 'scores' in predictions:
-          chosen[key] = (r, predictions)
-  for (label, task, protocol, fraction), (r, p) in chosen.items():
-    names = p.get('class_names')
-    if names is None:
-      names = list((r['test'].get('per_class_auc') or {}).keys()) or None
-    path = os.path.join(out_dir, f'roc_{records_lib.slug(label)}_{task}_'
-                        f'{protocol}_f{fraction:g}_seed{r["seed"]}.png')
-    title = (f'{label}: {paper_results.TASK_TITLES[task]}, '
-             f'{paper_results.PROTOCOL_TITLES[protocol]}, '
-             f'{paper_results.format_fraction(fraction)}, seed {r["seed"]}')
-    paths.append(plots_lib.plot_roc_curves(
-        p['labels'], p['scores'],
-        None if names is None else [str(n) for n in names], path, title))
-  # Metric against label fraction, per task and metric.
-  for task in paper_results.TASKS:
-    for metric in METRIC_NAMES:
-      rows = [r for r in summary if r['task'] == task and r['metric'] == metric]
-      if not rows:
-        continue
-      series = {}
-      for label, protocol in dict.fromkeys((r['row'], r['protocol'])
-                                           for r in rows):
-        cell = [r for r in rows if (r['row'], r['protocol']) == (label,
-                                                                 protocol)]
-        series[f'{label}, {protocol}'] = ([r['fraction'] for r in cell],
-                                          [r['mean'] for r in cell],
-                                          [r['sd'] for r in cell])
-      paper = {}
-      if metric == paper_results.PAPER_METRIC[task]:
-        for protocol in dict.fromkeys(r['protocol'] for r in rows):
-          points = [(f, paper_results.paper_reference(task, protocol, f))
-                    for f in paper_results.FRACTIONS]
-          points = [(f, v) for f, v in points if v is not None]
-          if points:
-            paper[f'{paper_results.OURS} paper, {protocol}'] = (
-                [f for f, _ in points], [v for _, v in points])
-      path = os.path.join(out_dir, f'{metric}_vs_fraction_{task}.png')
-      paths.append(plots_lib.plot_metric_vs_fraction(
-          series, path, METRIC_TITLES[metric],
-          f'{paper_results.TASK_TITLES[task]}: {METRIC_TITLES[metric]}',
-          paper))
-  return paths

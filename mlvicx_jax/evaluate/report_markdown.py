@@ -1,4 +1,4 @@
-"""Markdown sections of the evaluation report (tables in the paper's layouts)."""
+"""Markdown sections of the evaluation report, in the paper's table layouts."""
 
 from __future__ import annotations
 
@@ -70,13 +70,49 @@ def classification_section(task, protocol, metric, rows, all_methods,
   return [title, ''] + _markdown_table(header, body)
 
 
-def segmentation_section(metric, rows, all_methods, decimals) -> list[str]:
-  columns = sorted({(r['protocol'], r['fraction']) for r in rows})
-  if metric == 'dice':
-    columns = sorted(set(columns) | set(paper_results.TABLE_III_COLUMNS))
-  columns.sort(key=lambda c: (paper_results.PROTOCOLS.index(c[0]), c[1]))
+DICE_METRICS = ('dice', 'dice_positive', 'dice_per_image')
+FLOOR_ROW = 'empty prediction (floor)'
+
+
+def siim_note() -> str:
+  """Which Dice stands beside the paper's Table III, and why."""
+  frozen = paper_results.paper_methods('siim', 'frozen', 0.3).values()
+  return (
+      'The global Dice (2·ΣTP / (Σpredicted + Σtrue), pooled over every pixel '
+      'of the test split) stands beside the paper\'s Table III. The paper does '
+      'not define its Dice. On its balanced split a per-image Dice that scores '
+      'an empty prediction on an empty mask as 1 gives 0.50 to a model that '
+      'predicts nothing, above every frozen 30% cell of Table III '
+      f'({min(frozen):.2f}–{max(frozen):.2f}), so it cannot be the paper\'s '
+      'Dice; the global Dice gives such a model 0 and does not depend on the '
+      'balance of positive and negative images. The Dice over positive images '
+      '(floor 0) and the per-image Dice (floor: the share of test images '
+      'without pneumothorax) are not in the paper. Each table\'s '
+      f'"{FLOOR_ROW}" row is what a model that predicts no pneumothorax '
+      'scores on the same test split, from the records (mean over them).')
+
+
+def siim_section(rows_by_metric: Mapping[str, list], floors: Mapping,
+                 all_methods: bool, decimals: int) -> list[str]:
+  """The SIIM heading, the note on Dice, one table per Dice with its floor."""
+  lines = [f'## {paper_results.TASK_TITLES["siim"]}: Dice', '', siim_note(),
+           '']
+  for metric in DICE_METRICS:
+    if rows_by_metric.get(metric):
+      lines += _dice_table(metric, rows_by_metric[metric], floors,
+                           all_methods, decimals)
+  return lines
+
+
+def _dice_table(metric, rows, floors, all_methods, decimals) -> list[str]:
+  beside_paper = metric == paper_results.PAPER_METRIC['siim']
+  columns = {(r['protocol'], r['fraction']) for r in rows}
+  if beside_paper:
+    columns |= set(paper_results.TABLE_III_COLUMNS)
+  columns = sorted(columns, key=lambda c: (
+      paper_results.PROTOCOLS.index(c[0]), c[1]))
   body = []
-  if metric == 'dice':
+  if beside_paper:
     methods = (paper_results.METHODS if all_methods else
                (paper_results.OURS,))
     for method in methods:
@@ -97,12 +133,14 @@ def segmentation_section(metric, rows, all_methods, decimals) -> list[str]:
         format_mean_sd(by_column[c]['mean'], by_column[c]['sd'],
                        by_column[c]['n'], decimals)
         if c in by_column else _DASH for c in columns])
+  body.append([FLOOR_ROW] + [_fmt(floors.get((metric,) + c), decimals)
+                             for c in columns])
   header = ['method'] + [
       f'{paper_results.PROTOCOL_SHORT[p]} {paper_results.format_fraction(f)}'
       for p, f in columns]
-  source = 'paper Table III' if metric == 'dice' else 'not in the paper'
-  title = (f'## {paper_results.TASK_TITLES["siim"]}: {METRIC_TITLES[metric]} '
-           f'({source})')
+  source = 'beside paper Table III' if beside_paper else 'not in the paper'
+  title = (f'### {paper_results.TASK_TITLES["siim"]}: {METRIC_TITLES[metric]}'
+           f', {source}')
   return [title, ''] + _markdown_table(header, body)
 
 
@@ -149,14 +187,16 @@ def runs_section(run_list, decimals) -> list[str]:
                  paper_results.format_fraction(item['fraction']),
                  item['seed'], METRIC_TITLES[item['metric']],
                  _fmt(item['value'], decimals), ci_text,
+                 _fmt(item['floor'], decimals),
                  _DASH if item['best_epoch'] is None else item['best_epoch'],
                  item['checkpoint'] or _DASH])
   header = ['run', 'task', 'protocol', 'fraction', 'seed', 'metric', 'test',
-            '95% CI', 'best epoch', 'checkpoint']
+            '95% CI', 'floor', 'best epoch', 'checkpoint']
   return (['## Runs', '',
            '95% CIs are bootstrap percentile intervals over test images, as '
            'recorded by the run or, marked (b), computed here from its saved '
-           'predictions.', ''] + _markdown_table(header, body))
+           'predictions. Floor: what an empty prediction scores on the same '
+           'test split (segmentation).', ''] + _markdown_table(header, body))
 
 
 def ttest_section(label_a, label_b, tests, decimals) -> list[str]:
@@ -180,3 +220,78 @@ def ttest_section(label_a, label_b, tests, decimals) -> list[str]:
           [f'Paper: MLVICX vs {sig["baseline"]}, '
            f'{paper_results.PROTOCOL_TITLES[sig["protocol"]]}, paired t-test '
            f'over {sig["n_runs"]} runs: {paper_p}.', ''])
+
+
+# --- protocol lines ----------------------------------------------------------
+
+
+def describe_encoder(encoder: Mapping) -> str:
+  """'context blocks kept, BatchNorm statistics from the checkpoint', ..."""
+  keep = encoder['context_blocks'] == 'keep'
+  if encoder.get('random_init'):
+    parts = ['random initialisation ' + ('(with context blocks)' if keep else
+                                         '(no context blocks)')]
+  else:
+    parts = ['context blocks kept' if keep else 'context blocks dropped']
+  if encoder['bn_statistics'] == 'checkpoint':
+    parts.append('BatchNorm statistics from the checkpoint')
+  else:
+    images, batches = encoder.get('bn_images'), encoder.get('bn_batches')
+    text = 'BatchNorm statistics re-estimated on ' + (
+        'downstream training images' if images is None else
+        f'{images:,} downstream training images')
+    if batches is not None:
+      text += f' ({batches:,} batch{"" if batches == 1 else "es"})'
+    parts.append(text)
+  return ', '.join(parts)
+
+
+def describe_label_subset(subset: Mapping) -> str:
+  """How the labelled training images were drawn (sizes vary by fraction)."""
+  if subset['mode'] == 'fixed':
+    text = 'one fixed subset for every seed'
+    if subset.get('seed') is not None:
+      text += f' (subset seed {subset["seed"]})'
+  else:
+    text = 'a new subset per seed'
+  if subset.get('positive_per_class'):
+    text += ', at least one positive per class where the split has one'
+  return text
+
+
+_PROTOCOL_FIELDS = (
+    ('encoder', 'encoder', describe_encoder),
+    ('label_subset', 'label subset', describe_label_subset),
+    ('selection_metric', 'selection',
+     lambda m: f'early stopping on validation {METRIC_TITLES.get(m, m)}'),
+)
+
+
+def protocol_lines(run_set: str, records: Sequence[Mapping]) -> list[str]:
+  """One line per distinct value of each protocol field in a run set.
+
+  A value that not every record of the run set shares names its tasks.
+  """
+  lines = []
+  for field, title, describe in _PROTOCOL_FIELDS:
+    if not any(r.get(field) is not None for r in records):
+      continue
+    groups = {}
+    for r in records:
+      value = r.get(field)
+      text = 'not recorded' if value is None else describe(value)
+      groups.setdefault(text, []).append(r)
+    for text, group in groups.items():
+      if field == 'label_subset':
+        added = max([r[field].get('added_for_positives') or 0
+                     for r in group if r.get(field)], default=0)
+        text += (f' ({added:,} image{"" if added == 1 else "s"} added at '
+                 'most)' if added else '')
+      if len(group) < len(records):
+        tasks = dict.fromkeys(r['task'] for r in group)
+        text += f' [{", ".join(tasks)}; {len(group)} of {len(records)} runs]'
+      lines.append(f'- **{run_set}**: {title}: {text}')
+  if not lines:
+    lines.append(f'- **{run_set}**: encoder, label subset and selection '
+                 'metric not recorded (records older than these fields)')
+  return lines
