@@ -20,7 +20,7 @@ encoder to ignore). `:smoke` is a seconds-long version for the tests.
 import ml_collections
 
 from configs import nih
-from mlvicx_jax.evaluate import classify
+from configs.eval import common
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -54,7 +54,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     view.solarize_prob = 0.0
 
   # Frozen linear probes after pretraining; the first fraction is the headline.
-  c.demo = classify.base_config('nih')
+  c.demo = common.classification('nih')
   c.demo.protocol = 'frozen'
   c.demo.label_fractions = (0.3, 1.0)
   c.demo.seeds = (0, 1, 2)
@@ -65,7 +65,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.demo.patience = 40             # so both probes train to convergence
   c.demo.worker_count = 0
   c.demo.n_boot = 200
-  c.demo.save_classifier = False
+  c.demo.save_model = False
+  c.demo_margin_n_boot = 1000     # paired bootstrap of the pretrained - random-init margin
 
   if variant == 'smoke':
     c.synthetic_images = 64
@@ -76,4 +77,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.demo.seeds = (0,)
     c.demo.num_epochs = 3
     c.demo.n_boot = 20
+    c.demo_margin_n_boot = 50
   return c

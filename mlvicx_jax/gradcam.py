@@ -76,7 +76,7 @@ def normalize_maps(maps) -> np.ndarray:
 
 
 def classifier_apply_fn(model) -> CamApplyFn:
-  """The CamApplyFn of an `evaluate.classify.Classifier` (scores = logits)."""
+  """The CamApplyFn of a `models.Classifier` (scores = logits)."""
   def apply_fn(variables, images, map_delta):
     return model.apply(variables, images, train=False, map_delta=map_delta,
                        return_map=True)
@@ -102,18 +102,19 @@ def load_explainer(path: str):
   from mlvicx_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from mlvicx_jax import models  # pylint: disable=g-import-not-at-top
   from mlvicx_jax import pretrained  # pylint: disable=g-import-not-at-top
-  from mlvicx_jax.evaluate import classify  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.evaluate import classification  # pylint: disable=g-import-not-at-top
 
   if not os.path.isdir(path):
     raise checkpoint.CheckpointError(f'--checkpoint {path} does not exist')
   variables, meta, _ = checkpoint.restore_model(path)
-  if meta.get('kind') == classify.CLASSIFIER_KIND:
-    model, variables = classify.restore_classifier(path)
+  if meta.get('kind') == classification.MODEL_KIND:
+    model, variables = classification.restore_classifier(path)
     return (classifier_apply_fn(model), variables, list(meta['class_names']),
             meta.get('image_size'))
   encoder = pretrained.load(path)
-  backbone = models.build_backbone(encoder.model_config, keep_context_blocks=False)
-  return (encoder_apply_fn(backbone), encoder.backbone_variables(False),
+  # The encoder as it was pretrained: context blocks and their statistics kept.
+  backbone = models.build_backbone(encoder.model_config, keep_context_blocks=True)
+  return (encoder_apply_fn(backbone), encoder.backbone_variables(True),
           ['feature_norm'], None)
 
 

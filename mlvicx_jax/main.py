@@ -65,12 +65,17 @@ def main(argv):
   started = time.time()
   logging.get_absl_handler().addFilter(_QuietLibraries())
   initialize_distributed()
-  from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
-  metrics = loop.pretrain(config, FLAGS.workdir)
-  if 'demo' in config and not metrics.get('preempted'):
+  if 'demo' in config:  # configs/demo.py: data, pretraining, then the probes
     from mlvicx_jax import demo  # pylint: disable=g-import-not-at-top
     demo.run(config, FLAGS.workdir, started)
+    return
+  from mlvicx_jax import demo  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.train import config_check  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config_check.validate(config)
+  demo.prepare_synthetic_data(config, FLAGS.workdir)
+  loop.pretrain(config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -34,7 +34,7 @@ class Pretrained:
       raise ValueError(f'embed expects NHWC images with 3 channels, got shape {images.shape}')
     return self._embed(self.variables, images)
 
-  def backbone_variables(self, keep_context_blocks: bool = False) -> dict:
+  def backbone_variables(self, keep_context_blocks: bool = True) -> dict:
     """The trunk's params/batch_stats, for `models.build_backbone(cfg, keep_context_blocks)`."""
     def trunk(collection):
       tree = dict(collection['backbone'])

@@ -10,9 +10,10 @@ import pytest
 from mlvicx_jax import checkpoint
 from mlvicx_jax import gradcam
 from mlvicx_jax import models
-from mlvicx_jax.evaluate import classify
-from test_evaluate import numpy_variables
-from test_evaluate import save_tiny_pretrained
+from eval_helpers import numpy_variables
+from eval_helpers import save_tiny_checkpoint
+from mlvicx_jax.evaluate import classification
+from mlvicx_jax.evaluate import harness
 
 
 def _gap_linear_apply(feature_map, kernel):
@@ -68,7 +69,7 @@ def test_quadrant_logit_highlights_that_quadrant():
 @pytest.fixture(scope='module')
 def tiny_classifier():
   cfg = models.model_config('tiny')
-  model = classify.Classifier(models.build_backbone(cfg, False), 3)
+  model = models.Classifier(models.build_backbone(cfg, False), 3)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
                                              train=False))
   # A non-trivial head (random kernel), so the classes explain different channels.
@@ -112,10 +113,11 @@ def _write_pngs(directory, count=2, size=48):
 
 def test_cli_writes_overlays_for_a_saved_classifier(tiny_classifier, tmp_path):
   cfg, model, variables = tiny_classifier
-  directory = classify.save_classifier(
-      str(tmp_path / 'clf'), variables, cfg,
-      dict(task='nih', class_names=['A', 'B', 'C'], protocol='finetune', label_fraction=1.0,
-           seed=0, image_size=64, keep_context_blocks=False, source='random'))
+  directory = harness.save_variables(
+      str(tmp_path / 'clf'), variables,
+      dict(kind=classification.MODEL_KIND, model_config=checkpoint.config_to_json(cfg),
+           task='nih', class_names=['A', 'B', 'C'], protocol='finetune', label_fraction=1.0,
+           seed=0, image_size=64, context_blocks='drop', source='random'))
   images = _write_pngs(str(tmp_path / 'imgs'))
   paths = gradcam.explain_files(directory, gradcam.find_images(images), str(tmp_path / 'out'),
                                 class_name='B')
@@ -132,11 +134,14 @@ def test_cli_writes_overlays_for_a_saved_classifier(tiny_classifier, tmp_path):
 
 
 def test_pretrained_encoder_and_bad_paths(tmp_path):
-  ckpt = save_tiny_pretrained(str(tmp_path / 'pre'))
+  ckpt = save_tiny_checkpoint(str(tmp_path / 'pre'))
   images = _write_pngs(str(tmp_path / 'imgs'), count=1)
   paths = gradcam.explain_files(ckpt, gradcam.find_images(images), str(tmp_path / 'out'),
                                 image_size=64)
   assert [os.path.basename(p) for p in paths] == ['xray0_gradcam_feature_norm.png']
+  # The encoder is explained as it was pretrained: context blocks and their weights kept.
+  _, variables, _, _ = gradcam.load_explainer(ckpt)
+  assert {'cbt1', 'cbt5'} <= set(variables['params'])
   with pytest.raises(checkpoint.CheckpointError, match='nowhere'):
     gradcam.explain_files(str(tmp_path / 'nowhere'), gradcam.find_images(images),
                           str(tmp_path / 'o'))

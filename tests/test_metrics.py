@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sk_metrics
 
+from mlvicx_jax.evaluate import dice
 from mlvicx_jax.evaluate import early_stopping
 from mlvicx_jax.evaluate import metrics
 
@@ -88,43 +89,6 @@ def test_classification_summary():
   binary = metrics.classification_summary(labels[:, :1], scores[:, :1] / 2)
   assert binary['accuracy'] == pytest.approx(
       np.mean((scores[:, 0] / 2 > 0.5) == labels[:, 0]))
-
-
-# --- Dice --------------------------------------------------------------------
-
-
-def test_dice_hand_computed_including_empty_cases():
-  pred = np.array([
-      [[0.9, 0.2], [0.6, 0.1]],  # predicts (0,0), (1,0)
-      [[0.0, 0.0], [0.0, 0.0]],  # empty prediction, empty truth
-      [[0.0, 0.0], [0.0, 0.0]],  # empty prediction, one true pixel
-      [[0.7, 0.0], [0.0, 0.0]],  # one predicted pixel, empty truth
-      [[0.8, 0.8], [0.8, 0.3]],  # 3 predicted, 2 true, both inside
-  ])
-  true = np.array([
-      [[1, 1], [0, 0]],
-      [[0, 0], [0, 0]],
-      [[0, 0], [0, 1]],
-      [[0, 0], [0, 0]],
-      [[1, 0], [1, 0]],
-  ], dtype=np.uint8)
-  expected = [2 * 1 / (2 + 2), 1.0, 0.0, 0.0, 2 * 2 / (3 + 2)]
-  np.testing.assert_allclose(metrics.dice_per_image(pred, true), expected)
-  assert metrics.dice(pred, true) == pytest.approx(np.mean(expected))
-  # Leaving empty-empty images out of the mean instead.
-  per_image = metrics.dice_per_image(pred, true, empty_is=np.nan)
-  assert np.isnan(per_image[1])
-  assert metrics.dice(pred, true, empty_is=np.nan) == pytest.approx(
-      np.mean([0.5, 0.0, 0.0, 0.8]))
-  # 0/255 masks and a channel axis work the same.
-  np.testing.assert_allclose(
-      metrics.dice_per_image(pred[..., None], 255 * true[..., None]),
-      expected)
-
-
-def test_dice_rejects_mismatched_shapes():
-  with pytest.raises(ValueError, match='one shape'):
-    metrics.dice(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
 
 
 # --- paired t-test ------------------------------------------------------------
@@ -226,14 +190,40 @@ def test_fast_mean_auc_bootstrap_equals_generic():
   np.testing.assert_allclose(fast, generic, rtol=0, atol=1e-12)
 
 
-def test_bootstrap_dice_over_images():
+def test_bootstrap_global_dice_over_images():
   rng = np.random.default_rng(9)
   true = rng.random((30, 4, 4)) < 0.3
   pred = np.where(rng.random((30, 4, 4)) < 0.8, true, ~true).astype(float)
-  low, high = metrics.bootstrap_ci(true, pred,
-                                   lambda t, p: metrics.dice(p, t),
-                                   n_boot=100, skip_single_valued=False)
-  assert low <= metrics.dice(pred, true) <= high
+  counts = dice.dice_counts(pred, true)
+  global_dice = lambda _, c: dice.dice_summary(c)['dice']
+  low, high = metrics.bootstrap_ci(counts, counts, global_dice, n_boot=100,
+                                   skip_single_valued=False)
+  direct = 2 * np.sum((pred > 0.5) & true) / (np.sum(pred > 0.5) + np.sum(true))
+  assert low <= direct <= high and high - low > 0.01
+
+
+def test_paired_bootstrap_margin_against_a_sklearn_loop():
+  rng = np.random.default_rng(4)
+  labels = (rng.random((60, 3)) < 0.4).astype(float)
+  a = [labels + rng.normal(0, s, labels.shape) for s in (0.6, 0.7)]
+  b = [labels + rng.normal(0, 2.0, labels.shape) for _ in range(2)]
+  out = metrics.paired_bootstrap_mean_auc_diff(labels, a, b, n_boot=40, seed=5)
+  mean_auc = lambda y, s: np.mean([sk_metrics.roc_auc_score(y[:, k], s[:, k])
+                                   for k in range(y.shape[1])])
+  assert out['diff'] == pytest.approx(np.mean([mean_auc(labels, s) for s in a]) -
+                                      np.mean([mean_auc(labels, s) for s in b]))
+  # The same resamples (one generator draw of N indices each), scored with sklearn.
+  gen, values = np.random.default_rng(5), []
+  for _ in range(40):
+    idx = gen.integers(0, 60, size=60)
+    y = labels[idx]
+    if np.any(y.sum(axis=0) == 0) or np.any(y.sum(axis=0) == 60):
+      continue
+    values.append(np.mean([mean_auc(y, s[idx]) for s in a]) -
+                  np.mean([mean_auc(y, s[idx]) for s in b]))
+  assert out['n_boot_used'] == len(values)
+  np.testing.assert_allclose(out['ci95'], np.percentile(values, [2.5, 97.5]), atol=1e-12)
+  assert out['ci95'][0] > 0  # A is clearly better
 
 
 # --- early stopping ----------------------------------------------------------

@@ -58,27 +58,3 @@ def empty_prediction_floors(counts) -> dict:
   counts = np.asarray(counts, np.float64).copy()
   counts[:, :2] = 0.0
   return dice_summary(counts)
-
-
-def paired_ttest(a, b) -> tuple[float, float]:
-  """Two-sided paired t-test of a - b over matched runs (same seeds).
-
-  The paper compares MLVICX with PCRLv2 this way over 10 runs with random
-  label subsets. Returns (t, p) from `scipy.stats.ttest_rel`; t > 0 when
-  `a` is larger on average. Identical differences (zero variance) give
-  scipy's NaN or infinite t.
-  """
-  a = np.asarray(a, dtype=np.float64)
-  b = np.asarray(b, dtype=np.float64)
-  if a.ndim != 1 or b.ndim != 1:
-    raise ValueError(f'a and b must be 1-D, got shapes {a.shape} and '
-                     f'{b.shape}')
-  if a.size != b.size:
-    raise ValueError(f'a has {a.size} runs and b has {b.size}; a paired test '
-                     'needs one b per a')
-  if a.size < 2:
-    raise ValueError(f'a paired t-test needs at least 2 pairs, got {a.size}')
-  if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-    raise ValueError('a and b must be finite')
-  result = stats.ttest_rel(a, b)
-  return float(result.statistic), float(result.pvalue)

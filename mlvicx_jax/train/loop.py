@@ -157,7 +157,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
-  data_dir = train_data.ensure_pretraining_data(config, workdir)
+  data_dir = train_data.check_data_dir(config)
   num_examples = train_data.num_train_examples(data_dir, config)
   steps_per_epoch = num_examples // config.global_batch_size
   if steps_per_epoch == 0:
