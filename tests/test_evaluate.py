@@ -28,6 +28,7 @@ from eval_helpers import sub_tree
 from mlvicx_jax import checkpoint
 from mlvicx_jax import evaluate
 from mlvicx_jax import models
+from mlvicx_jax import optim
 from mlvicx_jax.evaluate import classification
 from mlvicx_jax.evaluate import data as data_lib
 from mlvicx_jax.evaluate import harness
@@ -47,7 +48,7 @@ def test_cosine_warm_restarts_matches_torch():
     expected.append(opt.param_groups[0]['lr'])
     opt.step()
     sched.step()
-  np.testing.assert_allclose(harness.cosine_warm_restarts(75, 3e-3, 1e-6, 10, 2), expected,
+  np.testing.assert_allclose(optim.cosine_warm_restarts(75, 3e-3, 1e-6, 10, 2), expected,
                              rtol=1e-9)
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from mlvicx_jax import checkpoint
+from mlvicx_jax import optim
 from mlvicx_jax.evaluate import data as data_lib
 from mlvicx_jax.evaluate import early_stopping
 from mlvicx_jax.evaluate import encoder as encoder_lib
@@ -79,34 +80,14 @@ def check_config(config, tasks: Sequence[str]) -> None:
 # --- optimiser ----------------------------------------------------------------------
 
 
-def cosine_warm_restarts(num_epochs: int, base_lr: float, min_lr: float,
-                         period: int, period_mult: int) -> np.ndarray:
-  """Per-epoch lr of torch's CosineAnnealingWarmRestarts stepped once per epoch.
-
-  Epoch e of a cycle of length T, at position t, trains with
-  min_lr + (base_lr - min_lr) (1 + cos(pi t / T)) / 2; cycles last
-  period, period * mult, period * mult^2, ... epochs.
-  """
-  if period < 1 or period_mult < 1:
-    raise ValueError(f'restart period {period} and mult {period_mult} must be >= 1')
-  lrs = np.empty(num_epochs, np.float64)
-  start, length = 0, period
-  for epoch in range(num_epochs):
-    if epoch - start >= length:
-      start, length = start + length, length * period_mult
-    t = epoch - start
-    lrs[epoch] = min_lr + (base_lr - min_lr) * (1 + np.cos(np.pi * t / length)) / 2
-  return lrs
-
-
 def learning_rates(config) -> np.ndarray:
   """The lr of every epoch of a run."""
   o = config.optim
   base = o.lr_frozen if config.protocol == 'frozen' else o.lr_finetune
   if o.schedule == 'constant':
     return np.full(config.num_epochs, base, np.float64)
-  return cosine_warm_restarts(config.num_epochs, base, o.min_lr, o.restart_period,
-                              o.restart_mult)
+  return optim.cosine_warm_restarts(config.num_epochs, base, o.min_lr, o.restart_period,
+                                    o.restart_mult)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:

@@ -21,7 +21,7 @@ from mlvicx_jax.evaluate import metrics
 from mlvicx_jax.evaluate import paper_results
 from mlvicx_jax.evaluate import records as records_lib
 from mlvicx_jax.evaluate import report_markdown as md
-from mlvicx_jax.evaluate.records import METRIC_NAMES, METRIC_TITLES, SOURCE_KEY
+from mlvicx_jax.evaluate.records import METRIC_NAMES, SOURCE_KEY
 
 # Standard deviations over seeds are sample standard deviations.
 SD_DDOF = 1

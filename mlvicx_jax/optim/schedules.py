@@ -1,10 +1,11 @@
-"""Learning-rate rules of VICReg / MLVICX pretraining."""
+"""Learning-rate rules: VICReg / MLVICX pretraining, and the downstream warm restarts."""
 
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # The reference batch size of the linear scaling rule (VICReg, MLVICX).
 REFERENCE_BATCH_SIZE = 256
@@ -84,3 +85,23 @@ def warmup_cosine_schedule(
     return jnp.where(step < warmup_steps, warmup_lr, cosine_lr)
 
   return schedule
+
+
+def cosine_warm_restarts(num_epochs: int, base_lr: float, min_lr: float,
+                         period: int, period_mult: int) -> np.ndarray:
+  """Per-epoch lr of torch's CosineAnnealingWarmRestarts stepped once per epoch.
+
+  Epoch e of a cycle of length T, at position t, trains with
+  min_lr + (base_lr - min_lr) (1 + cos(pi t / T)) / 2; cycles last
+  period, period * mult, period * mult^2, ... epochs.
+  """
+  if period < 1 or period_mult < 1:
+    raise ValueError(f'restart period {period} and mult {period_mult} must be >= 1')
+  lrs = np.empty(num_epochs, np.float64)
+  start, length = 0, period
+  for epoch in range(num_epochs):
+    if epoch - start >= length:
+      start, length = start + length, length * period_mult
+    t = epoch - start
+    lrs[epoch] = min_lr + (base_lr - min_lr) * (1 + np.cos(np.pi * t / length)) / 2
+  return lrs
