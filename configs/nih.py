@@ -66,6 +66,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.async_checkpointing = True
   c.log_every_steps = 50
   c.inject_nan_at_step = -1    # fault injection for testing the NaN guard
+  # Resuming a workdir with another batch size, learning rate, seed or
+  # augmentation is refused unless those fields are listed here, comma-separated
+  # ('global_batch_size,optim.base_lr'; 'optim' covers optim.*).
+  c.allow_resume_changes = ''
 
   if variant == 'paper':
     c.optim.weight_decay = 1e-5

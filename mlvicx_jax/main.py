@@ -6,6 +6,7 @@ Re-running with the same DIR resumes from its latest checkpoint. On several
 hosts every process runs the same command (see launch/).
 """
 import os
+import sys
 import time
 
 from absl import app
@@ -78,6 +79,30 @@ def main(argv):
   loop.pretrain(config, FLAGS.workdir)
 
 
+def _expected_errors() -> tuple:
+  """Errors that are the user's to fix: one message, no traceback."""
+  from mlvicx_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.train import config_check  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.train import resume  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.train import workdir_lock  # pylint: disable=g-import-not-at-top
+  return (config_check.ConfigError, resume.ConfigDriftError, resume.RestoreError,
+          workdir_lock.WorkdirLockedError, checkpoint.CheckpointError, loop.NonFiniteLossError,
+          FileNotFoundError)
+
+
+def run(argv):
+  """main, with the user's errors printed as one message and exit status 1."""
+  try:
+    main(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if not isinstance(e, _expected_errors()):
+      raise
+    logging.flush()
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(run)

@@ -205,6 +205,22 @@ def test_frozen_probe_end_to_end_writes_records_that_match_its_classifier(nih):
   # A second invocation finds the record and does not train again ...
   again = evaluate.run(config, workdir)
   assert again[0]['test']['mean_auc'] == record['test']['mean_auc']
+  assert again[0]['wall_time_s'] == record['wall_time_s']
+  # ... but a damaged record, or one whose classifier no longer restores, is redone.
+  json_path = os.path.join(workdir, stem + '.json')
+  with open(json_path, 'w') as f:
+    f.write('{"task": "nih", "protoc')
+  redone = evaluate.run(config, workdir)[0]
+  assert redone['wall_time_s'] != record['wall_time_s']
+  assert [f for f in os.listdir(workdir) if f.startswith(stem + '.json.corrupt-')]
+  for root, _, files in os.walk(redone['model']):
+    for name in files:
+      if name != '_CHECKPOINT_METADATA' and os.path.getsize(os.path.join(root, name)) > 200:
+        with open(os.path.join(root, name), 'r+b') as f:
+          f.truncate(50)
+  third = evaluate.run(config, workdir)[0]
+  assert third['wall_time_s'] != redone['wall_time_s']
+  classification.restore_classifier(third['model'])  # whole again
   # ... unless that record is of another checkpoint.
   config.checkpoint = 'random'
   with pytest.raises(ValueError, match=r'seed0.json holds a run of checkpoint .*pretrained'):

@@ -11,19 +11,14 @@ import numpy as np
 import pytest
 
 from mlvicx_jax import pretrained
-from mlvicx_jax.data import prepare
-from mlvicx_jax.data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  """A small synthetic NIH build shared by the runs below."""
-  root = tmp_path_factory.mktemp('nih')
-  synthetic.generate('nih', str(root / 'raw'), 64, seed=0, image_size=128)
-  prepare.prepare('nih', str(root / 'raw'), str(root / 'tfds'), image_size=128)
-  return str(root / 'tfds')
+def data_dir(nih_data_dir):
+  """The session's synthetic NIH build (conftest)."""
+  return nih_data_dir
 
 
 def main_cmd(workdir, *overrides):

@@ -252,10 +252,12 @@ def fit_on_stream(config, programs, variables: dict, stream, steps: int, keys: S
 
 def encoder_record(config, encoder: encoder_lib.Encoder, bn_images: Optional[int]) -> dict:
   """The record's `encoder` field: what the downstream network started from."""
+  batches = None
+  if bn_images is not None:  # batches actually used: a small split fills fewer
+    batches = -(-bn_images // int(config.encoder.bn_batch_size))
   return {'context_blocks': encoder.context_blocks,
           'bn_statistics': 're-estimated' if encoder.reestimate_bn else 'checkpoint',
-          'bn_batches': int(config.encoder.bn_batches) if encoder.reestimate_bn else None,
-          'bn_images': bn_images, 'random_init': encoder.random_init}
+          'bn_batches': batches, 'bn_images': bn_images, 'random_init': encoder.random_init}
 
 
 class TrunkStatistics:
@@ -291,15 +293,28 @@ class TrunkStatistics:
 
 
 def existing_record(workdir: str, stem: str, source: str) -> Optional[dict]:
-  """The record a previous invocation wrote for this run, if any.
+  """The record a previous invocation wrote for this run, if it is whole.
 
-  A record of another checkpoint under the same name is an error rather than
-  a silent mix of two models' results.
+  A damaged record, or one whose predictions or saved model no longer
+  restore, is moved aside (`<file>.corrupt-<time>`) with a warning naming it,
+  and the run is redone. A record of another checkpoint under the same name
+  is an error rather than a silent mix of two models' results.
   """
   path = os.path.join(workdir, stem + '.json')
   if not os.path.exists(path):
     return None
-  record = records.load_run_records(path)[0]
+  try:
+    record = records.load_run_records(path)[0]
+    if record.get('predictions'):
+      records.load_predictions(record)
+    if record.get('model'):
+      checkpoint.restore_model(record['model'])
+  except Exception as e:  # pylint: disable=broad-except  (any damage: redo, never reuse)
+    aside = f'{path}.corrupt-{time.strftime("%Y%m%d-%H%M%S")}'
+    os.replace(path, aside)
+    logging.warning('%s cannot be reused (%s); moved it to %s and redoing that run', path,
+                    str(e).splitlines()[0][:300], aside)
+    return None
   if record['checkpoint'] != source:
     raise ValueError(f'{path} holds a run of checkpoint {record["checkpoint"]}, not {source}; '
                      'use another --workdir or --config.skip_existing=False to redo it')

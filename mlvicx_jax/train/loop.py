@@ -25,6 +25,8 @@ from mlvicx_jax import optim
 from mlvicx_jax.train import config_check
 from mlvicx_jax.train import data as train_data
 from mlvicx_jax.train import metrics_log
+from mlvicx_jax.train import resume
+from mlvicx_jax.train import workdir_lock
 from mlvicx_jax.train.step import TrainState, make_train_step
 
 DATA_AXIS = 'data'
@@ -150,9 +152,30 @@ class _Preemption:
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) MLVICX in `workdir`; returns the last logged metrics."""
+  """Trains (or resumes) MLVICX in `workdir`; returns the last logged metrics.
+
+  The workdir is locked for the run (process 0 holds `run.lock`), so a second
+  job cannot train into it at the same time.
+  """
   config_check.validate(config)
   os.makedirs(workdir, exist_ok=True)
+  lock = workdir_lock.WorkdirLock(workdir)
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirLockedError as e:
+      error = e
+  if not resume.all_processes(error is None):
+    raise error or workdir_lock.WorkdirLockedError(
+        f'process 0 could not lock {workdir}; see its message')
+  try:
+    return _pretrain(config, workdir)
+  finally:
+    lock.release()
+
+
+def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = make_mesh()
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
@@ -182,12 +205,14 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract_state)
 
   data_iter = iter(train_data.pretraining_dataset(data_dir, config))
-  mngr = _checkpoint_manager(workdir, config)
   meta = {'model_config': checkpoint.config_to_json(config.model), 'source': 'pretraining',
           'config': json.loads(config.to_json_best_effort())}
-  start = mngr.latest_step()
+  mngr, state, start = resume.restore_latest(
+      lambda: _checkpoint_manager(workdir, config),
+      lambda m, step: _restore(m, step, abstract_state, data_iter),
+      lambda saved, step: resume.check_config_drift(saved.get('config'), config, workdir, step),
+      workdir)
   if start is not None:
-    state = _restore(mngr, start, abstract_state, data_iter)
     logging.info('Resumed from step %d in %s', start, workdir)
   else:
     state = jax.jit(init_state, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
