@@ -136,20 +136,38 @@ def test_bad_config_fails_before_compiling(tmp_path):
 
 
 def test_two_processes_match_one_process(data_dir, tmp_path):
-  """2 processes x 2 CPU devices (gloo) == 1 process x 4 devices, same global batches.
+  """2 processes x 2 CPU devices (gloo) == 1 process x 4 devices, same global batches,
+  also after both fell back from a damaged checkpoint.
 
   The plain trunk is used: with context blocks, max-op ties make some
   gradients change under any float reordering (see test_sharding.py).
   """
   flags = [f'--config.data_dir={data_dir}', '--config.num_train_steps=3',
-           '--config.checkpoint_every_steps=3', '--config.model.context_blocks=False']
+           '--config.checkpoint_every_steps=2', '--config.model.context_blocks=False']
   multi = str(tmp_path / 'multi')
-  out = subprocess.run(['bash', 'launch/local_cpu.sh', multi, '--config=configs/nih.py:smoke', *flags],
-                       cwd=REPO, capture_output=True, text=True, check=False)
+  launch = ['bash', 'launch/local_cpu.sh', multi, '--config=configs/nih.py:smoke', *flags]
+  out = subprocess.run(launch, cwd=REPO, capture_output=True, text=True, check=False)
   assert out.returncode == 0, out.stderr[-4000:]
+  assert checkpoint_steps(multi) == [2, 3]
+  # The last checkpoint damaged (its array files cut short): both processes
+  # agree to fall back to step 2 and retrain step 3.
+  for root, _, files in os.walk(os.path.join(multi, 'checkpoints', '3', 'model')):
+    for name in files:
+      if os.path.getsize(os.path.join(root, name)) > 200 and not name.endswith('.json'):
+        with open(os.path.join(root, name), 'r+b') as f:
+          f.truncate(50)
+  out = subprocess.run(launch, cwd=REPO, capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stderr[-4000:]
+  for i in (0, 1):
+    with open(os.path.join(multi, f'process_{i}.log')) as f:
+      log = f.read()
+    assert 'cannot be restored' in log and 'Resumed from step 2' in log, log[-3000:]
+  assert checkpoint_steps(multi) == [2, 3]
+  assert len([d for d in os.listdir(os.path.join(multi, 'checkpoints')) if '.corrupt-' in d]) == 1
   single = str(tmp_path / 'single')
   run_main(single, *flags, env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
-  lm, ls = [m['loss'] for m in metrics(multi)], [m['loss'] for m in metrics(single)]
+  by_step = {m['step']: m['loss'] for m in metrics(multi)}  # step 2 was logged twice
+  lm, ls = [by_step[k] for k in sorted(by_step)], [m['loss'] for m in metrics(single)]
   assert len(lm) == len(ls) == 3
   np.testing.assert_allclose(lm, ls, rtol=1e-5)
   # Whole-tree relative differences: biases feeding a BatchNorm have an exactly
