@@ -268,6 +268,22 @@ def _weighted_mean_auc(labels: np.ndarray, scores: np.ndarray) -> Callable:
   return mean_auc_of
 
 
+def _resampled(statistic: Callable, n: int, n_boot: int, seed: int) -> np.ndarray:
+  """statistic(counts) over n_boot resamples of n images (None results skipped).
+
+  Each resample is one generator draw of n indices, as in `bootstrap_ci`, so
+  equal seeds draw the same images whichever statistic is computed.
+  """
+  rng = np.random.default_rng(seed)
+  values = []
+  for _ in range(n_boot):
+    idx = rng.integers(0, n, size=n)
+    value = statistic(np.bincount(idx, minlength=n).astype(np.float64))
+    if value is not None:
+      values.append(value)
+  return np.asarray(values)
+
+
 def bootstrap_mean_auc_ci(labels, scores, n_boot: int = 1000,
                           alpha: float = 0.05,
                           seed: int = 0) -> tuple[float, float]:
@@ -282,14 +298,7 @@ def bootstrap_mean_auc_ci(labels, scores, n_boot: int = 1000,
   labels, scores = _check_labels_scores(labels, scores)
   n = labels.shape[0]
   mean_auc_of = _weighted_mean_auc(labels, scores)
-  rng = np.random.default_rng(seed)
-  values = []
-  for _ in range(n_boot):
-    idx = rng.integers(0, n, size=n)
-    value = mean_auc_of(np.bincount(idx, minlength=n).astype(np.float64))
-    if value is not None:
-      values.append(value)
-  values = np.asarray(values)
+  values = _resampled(mean_auc_of, n, n_boot, seed)
   return _percentile_interval(values, n_boot, n_boot - values.size, alpha)
 
 
@@ -324,14 +333,7 @@ def paired_bootstrap_mean_auc_diff(labels, scores_a: Sequence, scores_b: Sequenc
   full = diff(np.ones(n))
   if full is None:
     raise ValueError('no class has both label values: mean AUC is undefined')
-  rng = np.random.default_rng(seed)
-  values = []
-  for _ in range(n_boot):
-    idx = rng.integers(0, n, size=n)
-    value = diff(np.bincount(idx, minlength=n).astype(np.float64))
-    if value is not None:
-      values.append(value)
-  values = np.asarray(values)
+  values = _resampled(diff, n, n_boot, seed)
   low, high = _percentile_interval(values, n_boot, n_boot - values.size, alpha)
   return {'diff': full, 'ci95': (low, high), 'n_boot_used': int(values.size)}
 
