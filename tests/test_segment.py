@@ -182,3 +182,16 @@ def test_segment_rejects_a_checkpoint_of_another_architecture(tmp_path, monkeypa
   config.checkpoint = 'random'
   with pytest.raises(FileNotFoundError, match='siim has not been prepared.*--dataset=siim'):
     evaluate.run(config, str(tmp_path / 'out'))
+
+
+def test_segment_command_is_an_alias_of_evaluate(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  result = subprocess.run(
+      [sys.executable, '-m', 'mlvicx_jax.segment', '--config=configs/eval/siim.py:smoke',
+       f'--config.checkpoint={tmp_path}/missing', f'--config.data_dir={tmp_path}',
+       f'--workdir={tmp_path}/out'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert f'{tmp_path}/missing does not exist' in result.stderr
+  assert 'Traceback' not in result.stderr
