@@ -4,12 +4,15 @@ References: numpy transcriptions of the loss and of each Dice definition,
 computed from masks and the saved U-Net's own predictions.
 """
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import REPO
 from eval_helpers import assert_trees_bitwise_equal
 from eval_helpers import checkpoint_trunk
 from eval_helpers import eval_config
@@ -185,9 +188,6 @@ def test_segment_rejects_a_checkpoint_of_another_architecture(tmp_path, monkeypa
 
 
 def test_segment_command_is_an_alias_of_evaluate(tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  from conftest import REPO  # pylint: disable=g-import-not-at-top
   result = subprocess.run(
       [sys.executable, '-m', 'mlvicx_jax.segment', '--config=configs/eval/siim.py:smoke',
        f'--config.checkpoint={tmp_path}/missing', f'--config.data_dir={tmp_path}',
