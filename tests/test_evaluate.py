@@ -105,8 +105,7 @@ def _fake_data(n=1000, seed=0):
   labels = (rng.random((n, 4)) < [0.3, 0.1, 0.003, 0.0]).astype(np.float32)
   data = data_lib.TaskData('', 'nih/s96', ('a', 'b', 'rare', 'absent'),
                            {'train': n, 'validation': 10, 'test': 10})
-  data.train_file_names = [f'img{i:05d}.png' for i in range(n)]  # fills the cached properties
-  data.train_labels = labels
+  data.train_metadata = ([f'img{i:05d}.png' for i in range(n)], labels)  # the cached property
   return data
 
 
@@ -119,7 +118,7 @@ def _subset_config(**overrides):
 
 def test_label_subsets_fixed_per_seed_and_positive_per_class():
   data = _fake_data()
-  names, labels = data.train_file_names, data.train_labels
+  names, labels = data.train_metadata
   # 'fixed': one subset for every run seed, the documented prefix of the sha256 ranking.
   fixed = [data_lib.train_subset(_subset_config(), data, 0.01, seed) for seed in (0, 1, 2)]
   expected = sorted(names.index(n) for n in _sha_rank(names, 0)[:10])

@@ -78,24 +78,28 @@ def num_examples(data_dir: str, dataset: str, split: str) -> int:
   return len(data_source(data_dir, dataset, split))
 
 
-def file_names(data_dir: str, dataset: str, split: str) -> list[str]:
-  """File names of a split in record order, without decoding images."""
+def _undecoded_source(data_dir: str, dataset: str, split: str):
+  """A split's records with images (and masks) left encoded: cheap to scan."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   skip = tfds.decode.SkipDecoding()
   info = info_lib.dataset_info(dataset)
   decoders = {'image': skip, **({'mask': skip} if info.has_mask else {})}
-  source = data_source(data_dir, dataset, split, decoders=decoders)
+  return data_source(data_dir, dataset, split, decoders=decoders)
+
+
+def file_names(data_dir: str, dataset: str, split: str) -> list[str]:
+  """File names of a split in record order, without decoding images."""
+  source = _undecoded_source(data_dir, dataset, split)
   return [source[i]['file_name'].decode('utf-8') for i in range(len(source))]
 
 
-def labels(data_dir: str, dataset: str, split: str) -> np.ndarray:
-  """(N, K) labels of a split in record order, without decoding images."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  skip = tfds.decode.SkipDecoding()
-  info = info_lib.dataset_info(dataset)
-  decoders = {'image': skip, **({'mask': skip} if info.has_mask else {})}
-  source = data_source(data_dir, dataset, split, decoders=decoders)
-  return np.stack([np.asarray(source[i]['label'], np.float32) for i in range(len(source))])
+def file_names_and_labels(data_dir: str, dataset: str,
+                          split: str) -> tuple[list[str], np.ndarray]:
+  """File names and (N, K) labels of a split in record order, in one pass."""
+  source = _undecoded_source(data_dir, dataset, split)
+  records = [source[i] for i in range(len(source))]
+  return ([r['file_name'].decode('utf-8') for r in records],
+          np.stack([np.asarray(r['label'], np.float32) for r in records]))
 
 
 class SubsetSource:

@@ -35,14 +35,10 @@ class TaskData:
   sizes: dict                # split -> number of examples
 
   @functools.cached_property
-  def train_file_names(self) -> list:
+  def train_metadata(self) -> tuple[list, np.ndarray]:
+    """(file names, labels) of the training split, read once, images not decoded."""
     from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
-    return pipelines.file_names(self.data_dir, self.dataset, 'train')
-
-  @functools.cached_property
-  def train_labels(self) -> np.ndarray:
-    from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
-    return pipelines.labels(self.data_dir, self.dataset, 'train')
+    return pipelines.file_names_and_labels(self.data_dir, self.dataset, 'train')
 
 
 def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS) -> TaskData:
@@ -92,8 +88,9 @@ def train_subset(config, data: TaskData, fraction: float, seed: int) -> Subset:
   if fraction >= 1.0:
     return Subset(None, dict(record, size=n, added_for_positives=0))
   from mlvicx_jax.data import splits  # pylint: disable=g-import-not-at-top
-  labels = data.train_labels if config.positive_per_class else None
-  indices = splits.label_fraction_indices(data.train_file_names, fraction, subset_seed, labels)
+  names, labels = data.train_metadata
+  indices = splits.label_fraction_indices(names, fraction, subset_seed,
+                                          labels if config.positive_per_class else None)
   added = len(indices) - splits.subset_size(n, fraction)
   return Subset(indices, dict(record, size=len(indices), added_for_positives=added))
 
