@@ -5,8 +5,9 @@ to three channels, ColorJitter's saturation and hue and RandomGrayscale are
 identities, so only brightness and contrast remain; everything else keeps
 torchvision's definitions (RandomResizedCrop sampling, GaussianBlur with a
 fixed kernel, Solarize at 128). Images are float32 in [0, 1] between steps.
-All randomness comes from the `rng` passed in, so grain's per-record
-generators make results reproducible and resumable.
+All randomness comes from the `rng` passed in (one block of VIEW_DRAWS
+uniforms per view), so grain's per-record generators make results
+reproducible and resumable.
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def _view_config(blur_prob: float, solarize_prob: float) -> dict[str, Any]:
 def default_augment_config() -> ml_collections.ConfigDict:
   """VICReg's asymmetric two-view recipe; view2 differs in blur and solarise."""
   return ml_collections.ConfigDict(dict(
+      # 'device': the host ships uint8 images and the train step makes the views
+      # (device_augment); 'host': numpy/PIL views made by the grain workers.
+      on='host',
       view1=_view_config(blur_prob=1.0, solarize_prob=0.0),
       view2=_view_config(blur_prob=0.1, solarize_prob=0.2),
       mean=info_lib.IMAGENET_MEAN,
@@ -61,23 +65,43 @@ def default_classification_augment_config() -> ml_collections.ConfigDict:
       view=view, mean=info_lib.IMAGENET_MEAN, std=info_lib.IMAGENET_STD))
 
 
-def _as_dict(config) -> dict[str, Any]:
+def as_dict(config) -> dict[str, Any]:
   return config.to_dict() if hasattr(config, 'to_dict') else dict(config)
 
 
-def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
+# Each view consumes one fixed block of VIEW_DRAWS uniforms in [0, 1), slot by
+# slot, whatever branches are taken; the device path (device_augment) maps the
+# same slots to the same parameters, so the two can be compared draw for draw.
+ROTATE, ANGLE = 0, 1
+CROP, CROP_TRIES = 2, 10  # per try: area fraction, log aspect ratio, top, left
+FLIP = CROP + 4 * CROP_TRIES
+JITTER, BRIGHTNESS, CONTRAST, ORDER = FLIP + 1, FLIP + 2, FLIP + 3, FLIP + 4
+BLUR, SIGMA, SOLARIZE = FLIP + 5, FLIP + 6, FLIP + 7
+VIEW_DRAWS = FLIP + 8
+
+
+def _between(u: float, low: float, high: float) -> float:
+  return low + (high - low) * u
+
+
+def random_resized_crop_box(draws: np.ndarray, height: int, width: int,
                             scale, ratio) -> tuple[int, int, int, int]:
-  """(top, left, crop_height, crop_width) as torchvision's RandomResizedCrop."""
+  """(top, left, crop_height, crop_width) by torchvision's RandomResizedCrop rule.
+
+  `draws` holds 4 * CROP_TRIES uniforms: per try the area fraction, the log
+  aspect ratio, and the top and left offsets.
+  """
   area = height * width
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-  for _ in range(10):
-    target_area = area * rng.uniform(scale[0], scale[1])
-    aspect = math.exp(rng.uniform(*log_ratio))
+  for attempt in range(CROP_TRIES):
+    u_area, u_ratio, u_top, u_left = draws[4 * attempt:4 * attempt + 4]
+    target_area = area * _between(u_area, scale[0], scale[1])
+    aspect = math.exp(_between(u_ratio, *log_ratio))
     crop_w = int(round(math.sqrt(target_area * aspect)))
     crop_h = int(round(math.sqrt(target_area / aspect)))
     if 0 < crop_w <= width and 0 < crop_h <= height:
-      top = int(rng.integers(0, height - crop_h + 1))
-      left = int(rng.integers(0, width - crop_w + 1))
+      top = int(u_top * (height - crop_h + 1))  # randint(0, height - crop_h + 1)
+      left = int(u_left * (width - crop_w + 1))
       return top, left, crop_h, crop_w
   # Fallback: the largest central crop within the ratio range.
   in_ratio = width / height
@@ -88,6 +112,27 @@ def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
   else:
     crop_w, crop_h = width, height
   return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def view_params(draws: np.ndarray, shape, cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """One view's random parameters from its VIEW_DRAWS uniforms (the reference rule)."""
+  cfg = as_dict(cfg)
+  jitter = lambda name: _between(draws[BRIGHTNESS if name == 'brightness' else CONTRAST],
+                                 max(0.0, 1 - cfg[name]), 1 + cfg[name])
+  return dict(
+      angle=(_between(draws[ANGLE], -cfg['rotation_degrees'], cfg['rotation_degrees'])
+             if draws[ROTATE] < cfg['rotation_prob'] else 0.0),
+      box=random_resized_crop_box(draws[CROP:FLIP], shape[0], shape[1], cfg['crop_scale'],
+                                  cfg['crop_ratio']),
+      flip=bool(draws[FLIP] < cfg['hflip_prob']),
+      jitter=bool(draws[JITTER] < cfg['jitter_prob']),
+      brightness=jitter('brightness'),
+      contrast=jitter('contrast'),
+      brightness_first=bool(draws[ORDER] < 0.5),  # ColorJitter's random order
+      blur=bool(draws[BLUR] < cfg['blur_prob']),
+      sigma=_between(draws[SIGMA], *cfg['blur_sigma']),
+      solarize=bool(draws[SOLARIZE] < cfg['solarize_prob']),
+  )
 
 
 def crop_resize(image: np.ndarray, box, size: int, interpolation: str = 'bicubic') -> np.ndarray:
@@ -122,34 +167,22 @@ def solarize(x: np.ndarray, threshold: int) -> np.ndarray:
   return np.where(x * 255.0 >= threshold - 1e-3, 1.0 - x, x).astype(np.float32)
 
 
-def _geometry(rng, shape, cfg: Mapping[str, Any]):
-  """Random geometric parameters shared by an image and its mask."""
-  angle = 0.0
-  if rng.random() < cfg['rotation_prob']:
-    angle = rng.uniform(-cfg['rotation_degrees'], cfg['rotation_degrees'])
-  box = random_resized_crop_box(rng, shape[0], shape[1], cfg['crop_scale'], cfg['crop_ratio'])
-  flip = rng.random() < cfg['hflip_prob']
-  return angle, box, flip
-
-
-def _apply_geometry(image: np.ndarray, geometry, size: int, interpolation: str) -> np.ndarray:
-  angle, box, flip = geometry
+def _apply_geometry(image: np.ndarray, params, size: int, interpolation: str) -> np.ndarray:
   nearest = interpolation == 'nearest'
-  if angle:
-    image = _rotate(image, angle, nearest=nearest)
-  out = crop_resize(image, box, size, interpolation)
-  return out[:, ::-1] if flip else out
+  if params['angle']:
+    image = _rotate(image, params['angle'], nearest=nearest)
+  out = crop_resize(image, params['box'], size, interpolation)
+  return out[:, ::-1] if params['flip'] else out
 
 
-def _photometric(x: np.ndarray, rng, cfg: Mapping[str, Any]) -> np.ndarray:
-  if rng.random() < cfg['jitter_prob']:
-    factors = {'brightness': rng.uniform(max(0.0, 1 - cfg['brightness']), 1 + cfg['brightness']),
-               'contrast': rng.uniform(max(0.0, 1 - cfg['contrast']), 1 + cfg['contrast'])}
-    for op in rng.permutation(['brightness', 'contrast']):  # Random order.
-      x = (adjust_brightness if op == 'brightness' else adjust_contrast)(x, factors[op])
-  if rng.random() < cfg['blur_prob']:
-    x = gaussian_blur(x, rng.uniform(*cfg['blur_sigma']), cfg['blur_kernel_size'])
-  if rng.random() < cfg['solarize_prob']:
+def _photometric(x: np.ndarray, params, cfg: Mapping[str, Any]) -> np.ndarray:
+  if params['jitter']:
+    ops = [(adjust_brightness, params['brightness']), (adjust_contrast, params['contrast'])]
+    for op, factor in (ops if params['brightness_first'] else ops[::-1]):
+      x = op(x, factor)
+  if params['blur']:
+    x = gaussian_blur(x, params['sigma'], cfg['blur_kernel_size'])
+  if params['solarize']:
     x = solarize(x, cfg['solarize_threshold'])
   return x
 
@@ -157,20 +190,20 @@ def _photometric(x: np.ndarray, rng, cfg: Mapping[str, Any]) -> np.ndarray:
 def augment_view(image: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, Any],
                  size: int) -> np.ndarray:
   """One augmented (size, size) float32 view in [0, 1] of a uint8 (H, W) image."""
-  cfg = _as_dict(cfg)
-  geometry = _geometry(rng, image.shape, cfg)
-  x = _apply_geometry(image, geometry, size, cfg['interpolation']).astype(np.float32) / 255.0
-  return _photometric(x, rng, cfg)
+  cfg = as_dict(cfg)
+  params = view_params(rng.random(VIEW_DRAWS), image.shape, cfg)
+  x = _apply_geometry(image, params, size, cfg['interpolation']).astype(np.float32) / 255.0
+  return _photometric(x, params, cfg)
 
 
 def augment_image_and_mask(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                            cfg: Mapping[str, Any], size: int) -> tuple[np.ndarray, np.ndarray]:
   """Same geometry for image (bicubic) and mask (nearest); photometry on the image."""
-  cfg = _as_dict(cfg)
-  geometry = _geometry(rng, image.shape, cfg)
-  x = _apply_geometry(image, geometry, size, cfg['interpolation']).astype(np.float32) / 255.0
-  m = _apply_geometry(mask, geometry, size, 'nearest')
-  return _photometric(x, rng, cfg), m
+  cfg = as_dict(cfg)
+  params = view_params(rng.random(VIEW_DRAWS), image.shape, cfg)
+  x = _apply_geometry(image, params, size, cfg['interpolation']).astype(np.float32) / 255.0
+  m = _apply_geometry(mask, params, size, 'nearest')
+  return _photometric(x, params, cfg), m
 
 
 def resize_unit(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:

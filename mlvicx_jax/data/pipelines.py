@@ -6,6 +6,8 @@ the others); `iter(loader)` gives an iterator with `get_state()` /
 
   pretrain_loader        {'view1', 'view2'}: two augmented views, float32
                          (B, H, W, 3), ImageNet-normalised; full batches only.
+                         With aug.on='device': {'image' (B, S, S, 1) uint8,
+                         'position' (B,) uint32}, views made in the step.
   classification_loader  {'image', 'label' (B, K), 'file_name', 'mask' (B,)}.
   segmentation_loader    {'image', 'mask_target' (B, H, W, 1), 'label',
                          'file_name', 'mask' (B,)}.
@@ -164,7 +166,7 @@ class TwoViews(grain.transforms.RandomMap):
   """Two independently augmented, normalised views of one image."""
 
   def __init__(self, image_size: int, aug):
-    aug = augment._as_dict(aug)  # pylint: disable=protected-access
+    aug = augment.as_dict(aug)
     self._size = image_size
     self._views = (aug['view1'], aug['view2'])
     self._mean, self._std = aug['mean'], aug['std']
@@ -176,11 +178,21 @@ class TwoViews(grain.transforms.RandomMap):
             for name, cfg in zip(('view1', 'view2'), self._views)}
 
 
+class StreamPosition(grain.transforms.MapWithIndex):
+  """The stored uint8 image and its position in the global stream ('device' mode).
+
+  The train step makes both views from these (device_augment.two_views).
+  """
+
+  def map_with_index(self, index: int, element):
+    return {'image': element['image'], 'position': np.uint32(index % 2**32)}
+
+
 class _Supervised:
   """Common output of classification/segmentation examples."""
 
   def __init__(self, image_size: int, aug, segmentation: bool):
-    aug = augment._as_dict(aug)  # pylint: disable=protected-access
+    aug = augment.as_dict(aug)
     self._size = image_size
     self._view = aug['view']
     self._mean, self._std = aug['mean'], aug['std']
@@ -255,6 +267,10 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
   BatchNorm do not depend on the order inside a batch). Labels are not
   read; batches are full; num_epochs=None streams forever. Returns a grain
   IterDataset; its iterator's get_state()/set_state() resume exactly.
+
+  aug.on='device' (default 'host' when absent) only decodes: batches hold the
+  stored uint8 images and their stream positions, and the train step makes
+  the views (device_augment.two_views, keyed by seed and position).
   """
   shard = _shard(shard_index, shard_count)
   if global_batch_size % shard[1]:
@@ -265,10 +281,11 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
   if len(source) < global_batch_size:
     raise ValueError(f'{dataset} {split}: {len(source)} examples cannot fill one global '
                      f'batch of {global_batch_size}')
-  ds = (grain.MapDataset.source(source)
-        .shuffle(seed=seed)
-        .repeat(num_epochs)
-        .random_map(TwoViews(image_size, aug), seed=seed))
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
+  if augment.as_dict(aug).get('on', 'host') == 'device':
+    ds = ds.map_with_index(StreamPosition())
+  else:
+    ds = ds.random_map(TwoViews(image_size, aug), seed=seed)
   ds = ds[shard[0]::shard[1]].batch(global_batch_size // shard[1], drop_remainder=True)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=16))
   if worker_count > 0:

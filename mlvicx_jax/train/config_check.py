@@ -7,6 +7,7 @@ import jax
 
 from mlvicx_jax import models
 from mlvicx_jax import optim
+from mlvicx_jax.data import device_augment
 from mlvicx_jax.data import info as data_info
 
 
@@ -52,6 +53,13 @@ def validate(config) -> None:
   _require(l.lam >= 0, 'loss.lam', f'must be >= 0, got {l.lam}')
   _require(config.checkpoint_every_steps > 0, 'checkpoint_every_steps', 'must be > 0')
   _require(config.log_every_steps > 0, 'log_every_steps', 'must be > 0')
+  on = config.aug.get('on', 'host')
+  _require(on in ('device', 'host'), 'aug.on', f"{on!r} is not 'device' or 'host'")
+  for view in ('view1', 'view2'):
+    interpolation = config.aug[view].interpolation
+    _require(on == 'host' or interpolation in device_augment.INTERPOLATIONS,
+             f'aug.{view}.interpolation', f"{interpolation!r} is not one of "
+             f"{device_augment.INTERPOLATIONS} (aug.on='device')")
   try:
     models.build_model(config.model)
   except ValueError as e:

@@ -4,6 +4,7 @@ One code path from one CPU to a pod: parameters replicated, batch sharded
 along the mesh's `data` axis, each process feeding its own slice of the
 global batch.
 """
+import functools
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mlvicx_jax import checkpoint
 from mlvicx_jax import models
 from mlvicx_jax import optim
+from mlvicx_jax.data import device_augment
 from mlvicx_jax.train import config_check
 from mlvicx_jax.train import data as train_data
 from mlvicx_jax.train import metrics_log
@@ -224,7 +226,12 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info('Initialised %d tensors from %s', count, config.init_from)
     start = 0
 
-  train_step = jax.jit(make_train_step(model, tx, schedule, config.loss),
+  make_views = None
+  if config.aug.get('on', 'host') == 'device':
+    make_views = functools.partial(device_augment.two_views, seed=config.seed,
+                                   aug=config.aug.to_dict(), size=config.image_size)
+  train_step = jax.jit(make_train_step(model, tx, schedule, config.loss, make_views,
+                                       config.inject_nan_at_step),
                        in_shardings=(replicated, batch_sharding),
                        out_shardings=(replicated, replicated), donate_argnums=0)
   writer = metrics_log.MetricsWriter(workdir, total_steps, initial_step=start)
@@ -254,11 +261,8 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     step = start
     while step < total_steps:
-      batch = next(data_iter)
-      if step == config.inject_nan_at_step:
-        batch = dict(batch, view1=batch['view1'] * np.float32('nan'))
-      batch = {k: jax.make_array_from_process_local_data(batch_sharding, batch[k])
-               for k in ('view1', 'view2')}
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+               for k, v in next(data_iter).items()}
       state, device_metrics = train_step(state, batch)
       if step == start:
         logging.info('First step (with compilation) took %.1fs', time.time() - t0)

@@ -28,9 +28,16 @@ def forward_two_views(model, params, batch_stats, view1, view2):
 
 
 def make_train_step(model, tx: optax.GradientTransformation,
-                    schedule: Callable[[jax.Array], jax.Array], loss_cfg) -> Callable:
+                    schedule: Callable[[jax.Array], jax.Array], loss_cfg,
+                    make_views: Callable | None = None,
+                    inject_nan_at_step: int = -1) -> Callable:
   """Returns step(state, batch) -> (state, metrics). The batch axis may be sharded:
-  under jit, BN and VICReg statistics are then those of the global batch."""
+  under jit, BN and VICReg statistics are then those of the global batch.
+
+  The batch is {'view1', 'view2'}, or with `make_views` (device augmentation)
+  {'image', 'position'}, from which make_views(image, position) makes them.
+  inject_nan_at_step >= 0 poisons that step's view1 (tests the NaN guard).
+  """
 
   def loss_fn(params, batch_stats, batch):
     out1, out2, batch_stats = forward_two_views(
@@ -43,6 +50,12 @@ def make_train_step(model, tx: optax.GradientTransformation,
     return loss, (metrics, batch_stats)
 
   def train_step(state: TrainState, batch):
+    if make_views is not None:
+      view1, view2 = make_views(batch['image'], batch['position'])
+      batch = {'view1': view1, 'view2': view2}
+    if inject_nan_at_step >= 0:
+      poison = jnp.where(state.step == inject_nan_at_step, jnp.nan, 1.0)
+      batch = dict(batch, view1=batch['view1'] * poison.astype(batch['view1'].dtype))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -152,7 +152,8 @@ def test_segmentation_eval_masks_match_source(data_dir):
 def test_random_resized_crop_box_within_bounds_and_scale():
   rng = np.random.default_rng(0)
   for _ in range(200):
-    top, left, h, w = augment.random_resized_crop_box(rng, 100, 80, (0.08, 1.0), (3 / 4, 4 / 3))
+    draws = rng.random(4 * augment.CROP_TRIES)
+    top, left, h, w = augment.random_resized_crop_box(draws, 100, 80, (0.08, 1.0), (3 / 4, 4 / 3))
     assert 0 <= top and top + h <= 100 and 0 <= left and left + w <= 80
     assert 0.06 * 8000 <= h * w <= 8000  # Area fraction in [0.08, 1] up to rounding.
 
