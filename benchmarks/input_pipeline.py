@@ -1,10 +1,13 @@
-r"""Two-view pretraining pairs per second of the grain pipeline.
+r"""Pretraining pairs per second of the grain pipeline, and host CPU per pair.
 
   python benchmarks/input_pipeline.py                  # builds synthetic NIH in a temp dir
   python benchmarks/input_pipeline.py --data_dir=OUT --dataset=nih/s256
 
-Measures pretrain_loader at --image_size (224) for each --workers count,
-after --warmup batches (worker start-up excluded), and prints a table.
+Measures pretrain_loader at --image_size (224) for each --workers count and
+each --modes entry, after --warmup batches (worker start-up excluded):
+'host' makes both views with numpy/PIL, 'device' only decodes (the views are
+made in the train step; benchmarks/train_step.py times that part). Host CPU
+is the user + system time of this process and its grain workers.
 """
 import os
 import sys
@@ -13,9 +16,11 @@ import time
 
 from absl import app
 from absl import flags
+import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mlvicx_jax.data import augment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -29,23 +34,41 @@ _NUM_IMAGES = flags.DEFINE_integer('num_images', 512, 'Synthetic data: images.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Pairs per batch.')
 _NUM_BATCHES = flags.DEFINE_integer('num_batches', 20, 'Timed batches per setting.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed batches first.')
-_WORKERS = flags.DEFINE_list('workers', ['0', '1', '2'], 'Worker counts to try.')
+_WORKERS = flags.DEFINE_list('workers', ['0', '2'], 'Worker counts to try.')
+_MODES = flags.DEFINE_list('modes', ['host', 'device'], "aug.on values to try.")
 
 
-def measure(data_dir: str, dataset: str, workers: int) -> float:
+def _cpu_seconds() -> float:
+  """User + system CPU of this process and its live children (grain workers)."""
+  me = psutil.Process()
+  total = 0.0
+  for proc in [me] + me.children(recursive=True):
+    try:
+      times = proc.cpu_times()
+      total += times.user + times.system
+    except psutil.NoSuchProcess:
+      pass
+  return total
+
+
+def measure(data_dir: str, dataset: str, workers: int, mode: str) -> tuple[float, float]:
+  """(pairs per second, host CPU milliseconds per pair)."""
+  aug = augment.default_augment_config()
+  aug.on = mode
   loader = pipelines.pretrain_loader(
       data_dir, dataset, split=_SPLIT.value, image_size=_IMAGE_SIZE.value,
-      global_batch_size=_BATCH_SIZE.value, seed=0, worker_count=workers,
+      global_batch_size=_BATCH_SIZE.value, seed=0, worker_count=workers, aug=aug,
       shard_index=0, shard_count=1)
   iterator = iter(loader)
   for _ in range(_WARMUP.value):
     next(iterator)
-  start = time.perf_counter()
+  cpu, start = _cpu_seconds(), time.perf_counter()
   for _ in range(_NUM_BATCHES.value):
     next(iterator)
-  elapsed = time.perf_counter() - start
+  elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
   del iterator
-  return _NUM_BATCHES.value * _BATCH_SIZE.value / elapsed
+  pairs = _NUM_BATCHES.value * _BATCH_SIZE.value
+  return pairs / elapsed, 1000 * cpu / pairs
 
 
 def main(argv):
@@ -60,11 +83,12 @@ def main(argv):
     count = pipelines.num_examples(data_dir, dataset, _SPLIT.value)
     print(f'\n{dataset} {_SPLIT.value}: {count} images -> two {_IMAGE_SIZE.value}px views, '
           f'batch {_BATCH_SIZE.value}, {os.cpu_count()} CPUs')
-    print(f'{"workers":>8} | {"pairs/s":>8}')
-    print(f'{"-" * 8}-+-{"-" * 8}')
-    for workers in _WORKERS.value:
-      rate = measure(data_dir, dataset, int(workers))
-      print(f'{workers:>8} | {rate:8.1f}', flush=True)
+    print('| aug.on | grain workers | pairs/s | host CPU ms/pair |')
+    print('|---|---|---|---|')
+    for mode in _MODES.value:
+      for workers in _WORKERS.value:
+        rate, cpu_ms = measure(data_dir, dataset, int(workers), mode)
+        print(f'| {mode} | {workers} | {rate:.1f} | {cpu_ms:.2f} |', flush=True)
 
 
 if __name__ == '__main__':

@@ -66,12 +66,24 @@ def resolve_dataset(data_dir: str, dataset: str) -> str:
 
 
 def data_source(data_dir: str, dataset: str, split: str, decoders=None):
-  """Random-access source of decoded examples (image (S, S, 1) uint8, ...)."""
+  """Random-access source of decoded examples (image (S, S, 1) uint8, ...).
+
+  Opened from the build's own feature description (the newest version folder),
+  so raw (1.1.0) and PNG (1.0.0) builds read alike, whatever builder code
+  this process has registered.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = resolve_dataset(data_dir, dataset)
+  folder = os.path.join(data_dir, name)
+  versions = sorted((v for v in (os.listdir(folder) if os.path.isdir(folder) else [])
+                     if tfds.core.Version.is_valid(v)), key=tfds.core.Version)
+  if not versions:
+    raise FileNotFoundError(f'no finished build in {folder}; run python -m '
+                            f'mlvicx_jax.data.prepare --dataset={name.split("/")[0]} '
+                            f'--manual_dir=RAW --data_dir={data_dir}')
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                            decoders=decoders)
+    builder = tfds.builder_from_directory(os.path.join(folder, versions[-1]))
+    return builder.as_data_source(split=split, decoders=decoders)
   except Exception as e:  # tfds errors do not always name the folder.
     raise type(e)(f'cannot open split {split!r} of {name} in {data_dir}: {e}') from e
 

@@ -12,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mlvicx_jax.data import builders
+from mlvicx_jax.data import pipelines
 from mlvicx_jax.data import prepare as prepare_lib
 from mlvicx_jax.data import synthetic
 
@@ -267,9 +268,19 @@ def test_siim_missing_rle_csv(siim_raw, tmp_path):
 
 def test_default_config_and_options_get_their_own_folder(nih_raw, tmp_path):
   default = prepare_lib.prepare('nih', str(nih_raw), str(tmp_path))
-  assert default.relative_to(tmp_path).parts == ('nih', 's256', '1.0.0')
+  assert default.relative_to(tmp_path).parts == ('nih', 's256', '1.1.0')
   source = tfds.data_source('nih/s256', split='test', data_dir=str(tmp_path))
   assert source[0]['image'].shape == (256, 256, 1)
+  # The 1.0.0 layout (PNG) is still written on request and reads back the same pixels.
+  png = prepare_lib.prepare('nih', str(nih_raw), str(tmp_path), image_encoding='png')
+  assert png.parent.name == 's256_png'
+  assert (png / 'features.json').read_text().count('"png"') >= 1
+  assert '"png"' not in (default / 'features.json').read_text()
+  raw_images = {r['file_name']: r['image'] for r in records(
+      pipelines.data_source(str(tmp_path), 'nih/s256', 'test'))}
+  for r in records(pipelines.data_source(str(tmp_path), 'nih/s256_png', 'test')):
+    assert r['image'].dtype == np.uint8
+    np.testing.assert_array_equal(r['image'], raw_images[r['file_name']])
   other = prepare_lib.prepare('nih', str(nih_raw), str(tmp_path), image_size=SIZE, seed=3,
                               validation_fraction=0.25)
   assert other.parent.name == f's{SIZE}_seed3_val25'
