@@ -2,12 +2,17 @@ r"""Seconds per MLVICX pretraining step: this JAX step beside the official PyTor
 
   python benchmarks/train_step.py --batch=16 --size=224 --steps=3
 
+Also times the device augmentation alone (two views from uint8 images stored
+at --stored px, as aug.on='device' runs inside the step), and reports the
+step's FLOPs from XLA's cost analysis with the rate achieved.
+
 The PyTorch side follows the official code's structure: two views through
 one encoder, the multi-level branch resized to 64x64 before its 1x1 convs,
 VICReg on z and on m, and VICReg's LARS. Both run in this process, on the
 same inputs shape, and the ratio is printed.
 """
 import argparse
+import functools
 import os
 import sys
 import time
@@ -21,6 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 from mlvicx_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mlvicx_jax.data import augment  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mlvicx_jax.data import device_augment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.train.step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -44,6 +51,9 @@ def jax_step_times(args):
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', float('nan')))
   state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   times = []
@@ -52,7 +62,23 @@ def jax_step_times(args):
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
-  return compile_s, float(np.median(times)), float(metrics['loss'])
+  return compile_s, float(np.median(times)), float(metrics['loss']), flops
+
+
+def augment_times(args):
+  """Median seconds of the two-view device augmentation of one batch."""
+  images = np.random.default_rng(0).integers(0, 256, (args.batch, args.stored, args.stored, 1),
+                                             np.uint8)
+  positions = np.arange(args.batch, dtype=np.uint32)
+  make = jax.jit(functools.partial(device_augment.two_views, seed=0,
+                                   aug=augment.default_augment_config(), size=args.size))
+  jax.block_until_ready(make(images, positions))
+  times = []
+  for i in range(args.steps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(make(images, positions + (i + 1) * args.batch))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
 
 
 def torch_step_times(args):
@@ -118,15 +144,21 @@ def main():
   p.add_argument('--dtype', default='float32', choices=sorted(models.DTYPES))
   p.add_argument('--model', default='official', choices=['official', 'paper', 'tiny'])
   p.add_argument('--impl', default='folded', choices=['folded', 'naive'])
+  p.add_argument('--stored', type=int, default=256, help='stored image size (augmentation)')
   p.add_argument('--steps', type=int, default=3, help='timed JAX steps (median reported)')
   p.add_argument('--torch_steps', type=int, default=2, help='timed PyTorch steps; 0 skips PyTorch')
   args = p.parse_args()
-  compile_s, jax_s, loss = jax_step_times(args)
+  compile_s, jax_s, loss, flops = jax_step_times(args)
+  aug_s = augment_times(args)
   print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, batch {args.batch}, '
         f'{args.size}px, {args.dtype}, multi-level branch {args.impl}')
   print('| step | seconds/step | pairs/s | compile s |')
   print('|---|---|---|---|')
   print(f'| JAX (this project) | {jax_s:.2f} | {args.batch / jax_s:.2f} | {compile_s:.1f} |')
+  print(f'| JAX device augmentation alone ({args.stored} px uint8 -> two {args.size} px views) '
+        f'| {aug_s:.3f} | {args.batch / aug_s:.0f} | - |')
+  print(f'XLA cost analysis: {flops / 1e9:.1f} GFLOP per step, {flops / jax_s / 1e9:.1f} '
+        f'GFLOP/s achieved; augmentation {100 * aug_s / jax_s:.1f}% of a step')
   if args.torch_steps > 0:
     torch_s = torch_step_times(args)
     print(f'| PyTorch (official structure) | {torch_s:.2f} | {args.batch / torch_s:.2f} | - |')

@@ -66,6 +66,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.async_checkpointing = True
   c.log_every_steps = 50
   c.inject_nan_at_step = -1    # fault injection for testing the NaN guard
+  # JAX's persistent compilation cache, so a resumed run does not compile again:
+  # '' = WORKDIR/compilation_cache, 'none' = off, or a directory (shared by runs).
+  c.compilation_cache_dir = ''
   # Resuming a workdir with another batch size, learning rate, seed or
   # augmentation is refused unless those fields are listed here, comma-separated
   # ('global_batch_size,optim.base_lr'; 'optim' covers optim.*).

@@ -17,6 +17,11 @@ import pytest
 if not flags.FLAGS.is_parsed():
   flags.FLAGS(sys.argv[:1], known_only=True)
 
+# One compilation cache for the session's pretraining runs, in process and in
+# subprocesses (compile_cache.resolve reads it), so the smoke step compiles once.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    os.environ.get('TMPDIR', '/tmp'), f'mlvicx_test_cache_{os.getuid()}'))
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORED_SIZE = 96  # >= 96 px: smaller maps hit XLA's slow tiny-map convolutions on CPU
 

@@ -1,4 +1,5 @@
-"""The train step on 8 emulated CPU devices equals the 1-device step (same global batch).
+"""The train step on 8 emulated CPU devices equals the 1-device step (same global batch),
+also when the step makes the views from uint8 images (aug.on='device').
 
 Runs in subprocesses so that this test process keeps its single CPU device.
 """
@@ -41,3 +42,12 @@ def test_mlvicx_sharded_loss_trajectory_equals_single_device():
   r = run_helper('8', 'cbam')
   assert r['loss_n'] == pytest.approx(r['loss_1'], rel=1e-5)
   assert r['batch_stats_rel'] < 1e-4
+
+
+def test_device_augmentation_sharded_equals_single_device():
+  """Views keyed by stream position: 8 devices make the same views and the same step."""
+  r = run_helper('8', 'plain', 'device')
+  assert r['devices'] == 8
+  assert r['views_max_diff'] <= 1e-5
+  assert r['loss_n'] == pytest.approx(r['loss_1'], rel=1e-5)
+  assert r['params_rel'] < 1e-4

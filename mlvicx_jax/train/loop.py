@@ -24,6 +24,7 @@ from mlvicx_jax import checkpoint
 from mlvicx_jax import models
 from mlvicx_jax import optim
 from mlvicx_jax.data import device_augment
+from mlvicx_jax.train import compile_cache
 from mlvicx_jax.train import config_check
 from mlvicx_jax.train import data as train_data
 from mlvicx_jax.train import metrics_log
@@ -171,9 +172,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not resume.all_processes(error is None):
     raise error or workdir_lock.WorkdirLockedError(
         f'process 0 could not lock {workdir}; see its message')
+  previous_cache = compile_cache.current_dir()
   try:
+    compile_cache.enable(compile_cache.resolve(config.get('compilation_cache_dir', ''), workdir))
     return _pretrain(config, workdir)
   finally:
+    compile_cache.enable(previous_cache)  # the run's cache is not this process's
     lock.release()
 
 

@@ -36,7 +36,7 @@ from mlvicx_jax import checkpoint
 FREE_FIELDS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
                'keep_last_checkpoints', 'keep_every_steps', 'async_checkpointing',
                'worker_count', 'inject_nan_at_step', 'data_dir', 'init_from',
-               'allow_resume_changes', 'demo', 'demo_margin_n_boot')
+               'allow_resume_changes', 'demo', 'demo_margin_n_boot', 'compilation_cache_dir')
 FIXED_FIELDS = ('model', 'loss', 'dataset', 'split', 'image_size', 'synthetic_images',
                 'synthetic_image_size')
 # Inside model.*: same parameters and function, so they may change when allowed.

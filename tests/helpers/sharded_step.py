@@ -3,6 +3,7 @@
 Executed in a subprocess with XLA_FLAGS giving 8 CPU devices; prints JSON with
 the largest differences, so the test process's own jax stays single-device.
 """
+import functools
 import json
 import sys
 
@@ -14,15 +15,17 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mlvicx_jax import models
 from mlvicx_jax import optim
+from mlvicx_jax.data import augment
+from mlvicx_jax.data import device_augment
 from mlvicx_jax.train.step import TrainState, make_train_step
 
 
-def run(devices, batches, model, tx, schedule, loss_cfg, init):
+def run(devices, batches, model, tx, schedule, loss_cfg, init, make_views=None):
   mesh = jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices)
   repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   state = jax.device_put(init, repl)
-  step = jax.jit(make_train_step(model, tx, schedule, loss_cfg),
+  step = jax.jit(make_train_step(model, tx, schedule, loss_cfg, make_views),
                  in_shardings=(repl, shard), out_shardings=(repl, repl))
   losses = []
   for batch in batches:
@@ -31,8 +34,16 @@ def run(devices, batches, model, tx, schedule, loss_cfg, init):
   return losses, jax.device_get(state)
 
 
+def views_on(devices, batch, make_views):
+  mesh = jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+  batch = jax.device_put(batch, NamedSharding(mesh, P('data')))
+  return [np.asarray(v) for v in jax.jit(make_views)(batch['image'], batch['position'])]
+
+
 def main():
   n, context_blocks = int(sys.argv[1]), sys.argv[2] == 'cbam'
+  on_device = sys.argv[3:] == ['device']  # uint8 batches, views made in the step
   cfg = models.model_config('tiny')
   cfg.context_blocks = context_blocks
   model = models.build_model(cfg)
@@ -43,11 +54,22 @@ def main():
   rng = np.random.default_rng(0)
   batches = [{k: rng.standard_normal((16, 96, 96, 3)).astype(np.float32) for k in ('view1', 'view2')}
              for _ in range(2)]
-  variables = model.init(jax.random.PRNGKey(0), jnp.asarray(batches[0]['view1'][:2]), train=False)
+  make_views, extra = None, {}
+  if on_device:
+    make_views = functools.partial(device_augment.two_views, seed=0, size=96,
+                                   aug=augment.default_augment_config())
+    batches = [{'image': rng.integers(0, 256, (16, 128, 128, 1), np.uint8),
+                'position': np.arange(16 * i, 16 * (i + 1), dtype=np.uint32)} for i in range(2)]
+    one = views_on(jax.devices()[:1], batches[0], make_views)
+    many = views_on(jax.devices()[:n], batches[0], make_views)
+    extra['views_max_diff'] = max(float(np.abs(a - b).max()) for a, b in zip(one, many))
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 96, 96, 3)), train=False)
   init = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                     batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
-  loss_1, state_1 = run(jax.devices()[:1], batches, model, tx, schedule, loss_cfg, init)
-  loss_n, state_n = run(jax.devices()[:n], batches, model, tx, schedule, loss_cfg, init)
+  loss_1, state_1 = run(jax.devices()[:1], batches, model, tx, schedule, loss_cfg, init,
+                        make_views)
+  loss_n, state_n = run(jax.devices()[:n], batches, model, tx, schedule, loss_cfg, init,
+                        make_views)
   norm = lambda a, b: float(np.sqrt(sum(np.sum((np.asarray(x) - np.asarray(y))**2)
                                          for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))))
   init = jax.device_get(init)
@@ -55,7 +77,8 @@ def main():
   print(json.dumps({'devices': jax.device_count(), 'loss_1': loss_1, 'loss_n': loss_n,
                     'params_rel': norm(state_1.params, state_n.params) / norm(state_1.params, init.params),
                     'batch_stats_rel': norm(state_1.batch_stats, state_n.batch_stats)
-                                       / norm(state_1.batch_stats, init.batch_stats)}))
+                                       / norm(state_1.batch_stats, init.batch_stats),
+                    **extra}))
 
 
 if __name__ == '__main__':
