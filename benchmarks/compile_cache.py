@@ -66,6 +66,7 @@ def child(cache_dir: str) -> dict:
   from mlvicx_jax import models  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import compile_cache  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.train import methods  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train.step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top
 
   compile_cache.enable(cache_dir)
@@ -84,7 +85,8 @@ def child(cache_dir: str) -> dict:
 
   state, init_s = _timed(jax.jit(init_state, out_shardings=replicated),
                          jax.random.PRNGKey(config.seed))
-  step = jax.jit(make_train_step(model, tx, schedule, config.loss),
+  step = jax.jit(make_train_step(model, tx, schedule,
+                                 methods.build('mlvicx', config.loss, model, 100_000)),
                  in_shardings=(replicated, batch_sharding),
                  out_shardings=(replicated, replicated), donate_argnums=0)
   rng = np.random.default_rng(0)

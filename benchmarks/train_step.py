@@ -28,6 +28,7 @@ from mlvicx_jax import models  # pylint: disable=g-import-not-at-top,wrong-impor
 from mlvicx_jax import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.data import augment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.data import device_augment  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mlvicx_jax.train import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.train.step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -47,7 +48,7 @@ def jax_step_times(args):
   variables = jax.jit(lambda r: model.init(r, batch['view1'][:2], train=False))(jax.random.PRNGKey(0))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                      batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
-  step = jax.jit(make_train_step(model, tx, schedule, loss_cfg), donate_argnums=0)
+  step = jax.jit(make_train_step(model, tx, schedule, methods.build('mlvicx', loss_cfg, model, 1000)), donate_argnums=0)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0

@@ -17,6 +17,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if variant not in ('official', 'paper', 'smoke'):
     raise ValueError(f"configs/nih.py: unknown variant {variant!r}; use '', 'paper' or 'smoke'")
   c = ml_collections.ConfigDict()
+  # The objective: 'mlvicx' here; configs/pretrain/*.py hold the comparison
+  # methods (vicreg, barlow_twins, simclr, moco_v2, byol, simsiam) and ablations.
+  c.method = 'mlvicx'
 
   # Data: a TFDS directory written by `python -m mlvicx_jax.data.prepare --dataset=nih`.
   c.dataset = 'nih'
@@ -59,6 +62,17 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # torchvision state dict with mlvicx_jax.tools.import_torch and point here.
   c.init_from = ''
 
+  # Online k-NN monitor (mlvicx_jax/evaluate/monitor.py): every `every_steps`,
+  # a weighted k-NN on frozen features of `train_examples` labelled NIH train
+  # images, scored as mean AUC on the validation split (knn/mean_auc).
+  c.monitor = ml_collections.ConfigDict()
+  c.monitor.every_steps = 2000     # 0 = off
+  c.monitor.k = 20
+  c.monitor.temperature = 0.07
+  c.monitor.train_examples = 10000  # seeded subset; <= 0: the whole split
+  c.monitor.val_examples = 0        # <= 0: the whole validation split
+  c.monitor.batch_size = 128
+
   # Checkpoints and logs.
   c.checkpoint_every_steps = 1000
   c.keep_last_checkpoints = 3
@@ -91,4 +105,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 4
     c.keep_every_steps = 0
     c.log_every_steps = 1
+    c.monitor.every_steps = 0  # off on CPU smoke runs (--config.monitor.every_steps=4 to try)
   return c

@@ -14,6 +14,7 @@ from conftest import load_config
 from eval_helpers import numpy_variables
 from mlvicx_jax import models
 from mlvicx_jax.train import loop
+from mlvicx_jax.train import methods
 from mlvicx_jax.train.step import TrainState, make_train_step
 
 STEPS = 4
@@ -64,7 +65,9 @@ def runs():
   initial = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                        batch_stats=variables['batch_stats'],
                        opt_state=jax.jit(tx.init)(variables['params']))  # one program, not one per leaf
-  steps = {dtype: jax.jit(make_train_step(_model(config, dtype), tx, schedule, config.loss))
+  steps = {dtype: jax.jit(make_train_step(
+      _model(config, dtype), tx, schedule,
+      methods.build('mlvicx', config.loss, _model(config, dtype), 8)))
            for dtype in ('float32', 'bfloat16')}
   out = {'config': config, 'batch': batch, 'variables': variables}
   for dtype, step in steps.items():

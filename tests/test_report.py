@@ -163,10 +163,10 @@ _RANDOM = {'context_blocks': 'keep', 'bn_statistics': 're-estimated',
            'bn_batches': 50, 'bn_images': 1600, 'random_init': True}
 
 
-def _write_run_set(root, nih, siim, with_predictions, rsna=(), fixed=True):
+def _write_run_set(root, nih, siim, with_predictions, rsna=(), fixed=True, encoder=None):
   rng = np.random.default_rng(len(str(root)))
   protocol_fields = lambda seed, metric: dict(
-      encoder=_KEPT if fixed else _RANDOM, selection_metric=metric,
+      encoder=encoder or (_KEPT if fixed else _RANDOM), selection_metric=metric,
       label_subset={'mode': 'fixed' if fixed else 'per_seed',
                     'seed': 0 if fixed else seed, 'positive_per_class': fixed,
                     'size': 10, 'added_for_positives': 3 * fixed})
@@ -388,3 +388,33 @@ def test_report_siim_three_dice_rsna_and_protocol(report_outputs):
                                 for s in (_SIIM_A, _SIIM_B)))
   assert test['t'] == pytest.approx(reference.statistic)
   assert test['p'] == pytest.approx(reference.pvalue)
+
+
+def test_each_method_is_reported_beside_its_own_paper_row(tmp_path):
+  """A BYOL-pretrained run set gets the paper's BYOL numbers (Tables I-III), not MLVICX's."""
+  nih = {('frozen', 0.3): [0.65, 0.66, 0.64], ('finetune', 1.0): [0.74, 0.75, 0.76]}
+  siim = {('frozen', 0.3): [(0.30, 0.40, 0.50)] * 2}
+  _write_run_set(tmp_path / 'byol', nih, siim, with_predictions=False,
+                 encoder=dict(_KEPT, method='byol'))
+  _write_run_set(tmp_path / 'mlvicx', nih, {}, with_predictions=False,
+                 encoder=dict(_KEPT, method='mlvicx'))
+  out = tmp_path / 'report'
+  report_lib.build_report([str(tmp_path / 'byol'), str(tmp_path / 'mlvicx')], str(out),
+                          n_boot=50, plots=False)
+  summary = json.loads((out / 'summary.json').read_text(encoding='utf-8'))
+  papers = {(c['run_set'], c['protocol'], c['fraction']): c['paper']
+            for c in summary['cells'] if c['task'] == 'nih'}
+  byol_frozen_30 = 0.663   # paper Table II, NIH frozen 30%, BYOL column
+  assert papers[('byol', 'frozen', 0.3)] == byol_frozen_30
+  assert papers[('byol', 'finetune', 1.0)] == 0.748       # Table I, BYOL, 100%
+  assert papers[('mlvicx', 'frozen', 0.3)] == 0.691       # Table II, MLVICX
+  markdown = (out / 'report.md').read_text(encoding='utf-8')
+  frozen = {row[0]: row for row in _table_after(markdown, '## NIH ChestX-ray14, frozen')[1:]}
+  assert frozen['BYOL (paper)'][3] == '0.663' and frozen['MLVICX (paper)'][3] == '0.691'
+  assert 'SimCLR (paper)' not in frozen  # only measured methods, unless --all_methods
+  dice = _table_after(markdown, '### SIIM-ACR Pneumothorax: Dice (global)')
+  assert any(row[0] == 'BYOL (paper)' for row in dice)
+  assert 'pretrained with BYOL' in markdown
+  with pytest.raises(ValueError, match='encoder.method'):
+    records.make_record('nih', 'frozen', 0.3, 0, None, {'mean_auc': 0.6},
+                        encoder=dict(_KEPT, method='dino'))

@@ -8,9 +8,12 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
+from conftest import load_config
 from mlvicx_jax import pretrained
+from mlvicx_jax.train import config_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,13 +24,14 @@ def data_dir(nih_data_dir):
   return nih_data_dir
 
 
-def main_cmd(workdir, *overrides):
-  return [sys.executable, '-m', 'mlvicx_jax.main', '--config=configs/nih.py:smoke',
+def main_cmd(workdir, *overrides, config='configs/nih.py'):
+  return [sys.executable, '-m', 'mlvicx_jax.main', f'--config={config}:smoke',
           f'--workdir={workdir}', *overrides]
 
 
-def run_main(workdir, *overrides, env=None, check=True):
-  out = subprocess.run(main_cmd(workdir, *overrides), cwd=REPO, capture_output=True, text=True,
+def run_main(workdir, *overrides, env=None, check=True, config='configs/nih.py'):
+  out = subprocess.run(main_cmd(workdir, *overrides, config=config), cwd=REPO,
+                       capture_output=True, text=True,
                        env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})), check=False)
   if check:
     assert out.returncode == 0, out.stderr[-4000:]
@@ -66,9 +70,9 @@ def test_smoke_config_runs_with_nothing_else(tmp_path):
   assert out['features'].shape == (2, 128) and out['z'].shape == (2, 128) and out['m'].shape == (2, 128)
 
 
-def _run_until(workdir, overrides, predicate, sig):
+def _run_until(workdir, overrides, predicate, sig, config='configs/nih.py'):
   """Starts a run, waits until predicate(workdir) holds, sends `sig`, returns the exit code."""
-  proc = subprocess.Popen(main_cmd(workdir, *overrides), cwd=REPO, stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(main_cmd(workdir, *overrides, config=config), cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   deadline = time.time() + 300
   while not predicate(workdir):
@@ -80,35 +84,51 @@ def _run_until(workdir, overrides, predicate, sig):
   return proc.returncode, err
 
 
-def test_kill_and_sigterm_then_resume_is_bitwise_identical(data_dir, tmp_path):
+def _train_item(workdir, step):
+  """The checkpoint's optimiser state, step and the method's extra state, as saved."""
+  path = os.path.join(workdir, 'checkpoints', str(step), 'train')
+  with ocp.StandardCheckpointer() as checkpointer:
+    return flat(checkpointer.restore(path))
+
+
+@pytest.mark.parametrize('config, aug_on', [  # each placement once with and without extra state
+    ('configs/nih.py', 'device'), ('configs/pretrain/byol.py', 'device'),
+    ('configs/pretrain/moco_v2.py', 'host')])
+def test_kill_and_sigterm_then_resume_is_bitwise_identical(data_dir, tmp_path, config, aug_on):
+  """Views made in the step (keyed by stream position) or by grain workers alike;
+  BYOL's and MoCo's momentum targets and MoCo's queue come back exactly too."""
   steps = ['--config.num_train_steps=24', '--config.checkpoint_every_steps=4',
-           f'--config.data_dir={data_dir}', '--config.log_every_steps=1']
+           f'--config.data_dir={data_dir}', '--config.log_every_steps=1',
+           f'--config.aug.on={aug_on}']
   reference = str(tmp_path / 'reference')
-  run_main(reference, *steps)
+  run_main(reference, *steps, config=config)
 
   interrupted = str(tmp_path / 'interrupted')
   # kill -9 once a checkpoint exists and training has gone past it.
   code, _ = _run_until(interrupted, steps, lambda w: checkpoint_steps(w) and
                        os.path.exists(os.path.join(w, 'metrics.jsonl')) and
-                       len(metrics(w)) > checkpoint_steps(w)[-1] + 1, signal.SIGKILL)
+                       len(metrics(w)) > checkpoint_steps(w)[-1] + 1, signal.SIGKILL, config)
   assert code == -signal.SIGKILL
   killed_at = checkpoint_steps(interrupted)[-1]
   assert killed_at < 24
   # Resume, then SIGTERM (preemption) mid-run: a loadable checkpoint at that step, exit 0.
   code, err = _run_until(interrupted, steps, lambda w: len(metrics(w)) > killed_at + 10 + 2,
-                         signal.SIGTERM)
+                         signal.SIGTERM, config)
   assert code == 0, err[-3000:]
   preempted_at = checkpoint_steps(interrupted)[-1]
   assert killed_at < preempted_at < 24
   assert pretrained.load(interrupted).step == preempted_at
   # Resume to the end: the same parameters, bit for bit, as the uninterrupted run.
-  run_main(interrupted, *steps)
+  run_main(interrupted, *steps, config=config)
   a, b = pretrained.load(reference), pretrained.load(interrupted)
   assert a.step == b.step == 24
-  fa, fb = flat(a.variables), flat(b.variables)
-  assert fa.keys() == fb.keys()
-  for key in fa:
-    np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
+  for fa, fb in ((flat(a.variables), flat(b.variables)),
+                 (_train_item(reference, 24), _train_item(interrupted, 24))):
+    assert fa.keys() == fb.keys()
+    for key in fa:
+      np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
+  if 'moco' in config or 'byol' in config:
+    assert any('extra' in key and 'target' in key for key in fa)
 
 
 def test_non_finite_loss_stops_before_checkpointing(data_dir, tmp_path):
@@ -133,6 +153,21 @@ def test_bad_config_fails_before_compiling(tmp_path):
   assert out.returncode != 0 and 'config.dataset' in out.stderr
   out = run_main(str(tmp_path / 'bad'), '--config.optim.base_rl=0.1', check=False)
   assert out.returncode != 0 and 'base_rl' in out.stderr
+
+
+@pytest.mark.parametrize('field, value, on, named', [
+    ('on', 'gpu', 'gpu', 'config.aug.on'),
+    ('interpolation', 'nearest', 'device', 'config.aug.view1.interpolation')])
+def test_augmentation_placement_is_checked(field, value, on, named):
+  """An unknown placement, or a resampling the device path lacks, is named."""
+  config = load_config('configs/nih.py', 'smoke')
+  config.aug.on = on
+  if field == 'interpolation':
+    config.aug.view1.interpolation = value
+  with pytest.raises(config_check.ConfigError, match=named.replace('.', r'\.')):
+    config_check.validate(config)
+  config.aug.on = 'host'  # Any PIL resampling is fine on the host.
+  config_check.validate(config)
 
 
 def test_two_processes_match_one_process(data_dir, tmp_path):

@@ -280,7 +280,7 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
   read; batches are full; num_epochs=None streams forever. Returns a grain
   IterDataset; its iterator's get_state()/set_state() resume exactly.
 
-  aug.on='device' (default 'host' when absent) only decodes: batches hold the
+  With augment.placement(aug) == 'device' the host only decodes: batches hold the
   stored uint8 images and their stream positions, and the train step makes
   the views (device_augment.two_views, keyed by seed and position).
   """
@@ -294,7 +294,7 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
     raise ValueError(f'{dataset} {split}: {len(source)} examples cannot fill one global '
                      f'batch of {global_batch_size}')
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
-  if augment.as_dict(aug).get('on', 'host') == 'device':
+  if augment.placement(aug) == 'device':
     ds = ds.map_with_index(StreamPosition())
   else:
     ds = ds.random_map(TwoViews(image_size, aug), seed=seed)

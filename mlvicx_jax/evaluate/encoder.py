@@ -47,6 +47,7 @@ class Encoder:
   source: str                # checkpoint path (absolute) or 'random'
   context_blocks: str        # 'keep' | 'drop'
   random_init: bool          # statistics are initial values, not from data
+  method: Optional[str] = None  # pretraining method (config.method); 'random'; None: unknown
 
   @property
   def reestimate_bn(self) -> bool:
@@ -69,7 +70,7 @@ def load_encoder(checkpoint_path: str, context_blocks: str = 'keep',
   if checkpoint_path == RANDOM_INIT:
     cfg = models.model_config(model_variant)
     return Encoder(cfg, models.build_backbone(cfg, keep), None, RANDOM_INIT, context_blocks,
-                   random_init=True)
+                   random_init=True, method='random')
   path = os.path.abspath(os.path.expanduser(checkpoint_path))
   if not os.path.isdir(path):
     raise checkpoint.CheckpointError(f'config.checkpoint: directory {path} does not exist')
@@ -80,8 +81,17 @@ def load_encoder(checkpoint_path: str, context_blocks: str = 'keep',
   expected = jax.eval_shape(lambda: module.init(
       jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False))
   checkpoint.check_tree(expected, variables, f'backbone of checkpoint {path}')
-  return Encoder(cfg, module, variables, path, context_blocks,
-                 random_init=bool(loaded.meta.get('random_init', False)))
+  random_init = bool(loaded.meta.get('random_init', False))
+  return Encoder(cfg, module, variables, path, context_blocks, random_init=random_init,
+                 method='random' if random_init else pretraining_method(loaded.meta))
+
+
+def pretraining_method(meta: dict) -> Optional[str]:
+  """config.method of the pretraining run (runs before it existed were MLVICX);
+  None for checkpoints from elsewhere (import_torch)."""
+  if meta.get('source') != 'pretraining':
+    return None
+  return (meta.get('config') or {}).get('method', 'mlvicx')
 
 
 def make_bn_estimator(module: nn.Module):

@@ -257,7 +257,8 @@ def encoder_record(config, encoder: encoder_lib.Encoder, bn_images: Optional[int
     batches = -(-bn_images // int(config.encoder.bn_batch_size))
   return {'context_blocks': encoder.context_blocks,
           'bn_statistics': 're-estimated' if encoder.reestimate_bn else 'checkpoint',
-          'bn_batches': batches, 'bn_images': bn_images, 'random_init': encoder.random_init}
+          'bn_batches': batches, 'bn_images': bn_images, 'random_init': encoder.random_init,
+          'method': encoder.method}
 
 
 class TrunkStatistics:

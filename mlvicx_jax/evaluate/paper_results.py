@@ -20,6 +20,11 @@ METHODS = ('Rand. Init', 'SimCLR', 'MoCov2', 'BYOL', 'SimSiam',
            'Barlow-Twins', 'VicReg', 'Inter MoCo', 'PCRLv1', 'CAiD', 'PCRLv2',
            'MLVICX')
 OURS = 'MLVICX'
+# This project's pretraining methods (config.method; 'random' = no pretraining)
+# -> their rows in the paper's tables.
+PAPER_ROWS = {'mlvicx': 'MLVICX', 'vicreg': 'VicReg', 'barlow_twins': 'Barlow-Twins',
+              'simclr': 'SimCLR', 'moco_v2': 'MoCov2', 'byol': 'BYOL', 'simsiam': 'SimSiam',
+              'random': 'Rand. Init'}
 TASKS = ('nih', 'vinbig', 'rsna', 'siim')
 PROTOCOLS = ('frozen', 'finetune')
 FRACTIONS = (0.01, 0.1, 0.3, 1.0)
@@ -289,6 +294,12 @@ def paper_sd(setting: Setting, method: str,
              fraction: Union[float, str]) -> float:
   """The printed standard deviation of a Table III (SIIM Dice) cell."""
   return _table_iii_cell(setting, method, fraction)[1]
+
+
+def paper_row(method: str | None) -> str:
+  """The paper's row for a pretraining method; MLVICX's when it is not known
+  (an imported checkpoint) or the paper has no row for it."""
+  return PAPER_ROWS.get(method, OURS)
 
 
 def paper_table_for(task: str, protocol: str) -> str:

@@ -73,11 +73,13 @@ FLOOR_FIELDS = ('floors', 'val_floors')
 FIELD_SPECS = {
     'encoder': {'context_blocks': ('keep', 'drop'),
                 'bn_statistics': ('checkpoint', 're-estimated'),
-                'bn_batches': 'int|null', 'bn_images': 'int|null', 'random_init': 'bool'},
+                'bn_batches': 'int|null', 'bn_images': 'int|null', 'random_init': 'bool',
+                'method': 'method|null'},
     'label_subset': {'mode': ('fixed', 'per_seed'), 'seed': 'int', 'positive_per_class': 'bool',
                      'size': 'int', 'added_for_positives': 'int'},
 }
-_KIND_TEXT = {'bool': 'true or false', 'int': 'an integer', 'int|null': 'an integer or null'}
+_KIND_TEXT = {'bool': 'true or false', 'int': 'an integer', 'int|null': 'an integer or null',
+              'method|null': f'one of {tuple(paper_results.PAPER_ROWS)} or null'}
 
 
 def _finite_or_none(value):
@@ -100,6 +102,8 @@ def _spec_ok(value, kind) -> bool:
     return isinstance(value, str) and value in kind
   if kind == 'bool':
     return isinstance(value, (bool, np.bool_))
+  if kind == 'method|null':
+    return value is None or value in paper_results.PAPER_ROWS
   return _is_int(value) or (value is None and kind == 'int|null')
 
 
@@ -114,7 +118,7 @@ def _check_spec_dict(entry, field: str, source: str) -> dict:
     if not _spec_ok(out.get(key), kind):
       what = f'one of {kind}' if isinstance(kind, tuple) else _KIND_TEXT[kind]
       raise ValueError(f'{source}: field {field}.{key} must be {what}, got {out.get(key)!r}')
-    if out[key] is not None and not isinstance(kind, tuple):
+    if out[key] is not None and kind in ('bool', 'int', 'int|null'):
       out[key] = bool(out[key]) if kind == 'bool' else int(out[key])
   return out
 
@@ -299,6 +303,7 @@ def flatten_record(record: Mapping) -> dict:
     row[f'floor_{key}'] = floor
   row.update(encoder_context_blocks=encoder.get('context_blocks'),
              encoder_bn_statistics=encoder.get('bn_statistics'),
+             encoder_method=encoder.get('method'),
              label_subset_mode=(record.get('label_subset') or {}).get('mode'),
              selection_metric=record.get('selection_metric'))
   for cls, auc in (test.get('per_class_auc') or {}).items():

@@ -64,10 +64,12 @@ def summarize(run_sets: Mapping[str, Sequence[Mapping]]) -> list[dict]:
   """mean +- sd over seeds per (row, task, protocol, metric, fraction).
 
   Every scalar test metric a record has is summarised (e.g. RSNA runs give
-  accuracy and mean AUC rows); `paper` is the paper's MLVICX number when the
-  paper reports that metric for the task.
+  accuracy and mean AUC rows); `paper` is the paper's number for the row's
+  pretraining method (`paper_method`: its row in the paper's tables, MLVICX's
+  when the record does not say) when the paper reports that metric.
   """
   cells = collections.defaultdict(list)
+  methods = {}
   for run_set, records in run_sets.items():
     for record in records:
       for metric in METRIC_NAMES:
@@ -78,6 +80,7 @@ def summarize(run_sets: Mapping[str, Sequence[Mapping]]) -> list[dict]:
                record['protocol'], metric,
                fraction_key(record['label_fraction']))
         cells[key].append((record['seed'], value))
+        methods[key] = paper_results.paper_row((record.get('encoder') or {}).get('method'))
   rows = []
   for key in sorted(cells, key=lambda k: (list(run_sets).index(k[0]),) + k):
     run_set, label, task, protocol, metric, fraction = key
@@ -85,9 +88,9 @@ def summarize(run_sets: Mapping[str, Sequence[Mapping]]) -> list[dict]:
     mean, sd = mean_sd([v for _, v in pairs])
     paper = None
     if metric == paper_results.PAPER_METRIC[task]:
-      paper = paper_results.paper_reference(task, protocol, fraction)
+      paper = paper_results.paper_reference(task, protocol, fraction, methods[key])
     rows.append(dict(run_set=run_set, row=label, task=task, protocol=protocol,
-                     metric=metric, fraction=fraction, n=len(pairs),
+                     paper_method=methods[key], metric=metric, fraction=fraction, n=len(pairs),
                      seeds=[s for s, _ in pairs], values=[v for _, v in pairs],
                      mean=mean, sd=sd, paper=paper))
   return rows

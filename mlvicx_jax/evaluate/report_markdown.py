@@ -32,9 +32,14 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]
   return lines + ['']
 
 
+def _paper_methods(rows, all_methods: bool) -> tuple[str, ...]:
+  """The paper's rows to show: all, or MLVICX's and those of the measured methods."""
+  measured = {r.get('paper_method', paper_results.OURS) for r in rows} | {paper_results.OURS}
+  return tuple(m for m in paper_results.METHODS if all_methods or m in measured)
+
+
 def _paper_rows(task: str, protocol: str, fractions: Sequence[float],
-                all_methods: bool) -> list[list[str]]:
-  methods = paper_results.METHODS if all_methods else (paper_results.OURS,)
+                methods: Sequence[str]) -> list[list[str]]:
   rows = []
   for method in methods:
     cells = [paper_results.paper_reference(task, protocol, f, method)
@@ -59,7 +64,7 @@ def classification_section(task, protocol, metric, rows, all_methods,
            f'{METRIC_TITLES[metric]} ({source})')
   body = []
   if paper_metric:
-    body += _paper_rows(task, protocol, fractions, all_methods)
+    body += _paper_rows(task, protocol, fractions, _paper_methods(rows, all_methods))
   for label in dict.fromkeys(r['row'] for r in rows):
     by_fraction = {r['fraction']: r for r in rows if r['row'] == label}
     body.append([f'{label} (reproduced)'] + [
@@ -113,9 +118,7 @@ def _dice_table(metric, rows, floors, all_methods, decimals) -> list[str]:
       paper_results.PROTOCOLS.index(c[0]), c[1]))
   body = []
   if beside_paper:
-    methods = (paper_results.METHODS if all_methods else
-               (paper_results.OURS,))
-    for method in methods:
+    for method in _paper_methods(rows, all_methods):
       cells = []
       for protocol, fraction in columns:
         if (protocol, fraction) in paper_results.TABLE_III_COLUMNS:
@@ -233,6 +236,8 @@ def describe_encoder(encoder: Mapping) -> str:
                                          '(no context blocks)')]
   else:
     parts = ['context blocks kept' if keep else 'context blocks dropped']
+    if encoder.get('method'):
+      parts.insert(0, f"pretrained with {paper_results.paper_row(encoder['method'])}")
   if encoder['bn_statistics'] == 'checkpoint':
     parts.append('BatchNorm statistics from the checkpoint')
   else:

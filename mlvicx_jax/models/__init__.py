@@ -28,6 +28,11 @@ def model_config(variant: str = 'official') -> ml_collections.ConfigDict:
   c.reduction = 2                     # channel-attention MLP ratio
   c.spatial_kernel = 7
   c.global_head = (4096, 4096, 4096)  # paper text: three layers of 2048
+  c.head_hidden_norm = True           # BN after each hidden Linear of the global head
+  c.head_output_norm = 'affine'       # BN after its last Linear: 'affine' | 'plain' | 'none'
+  c.head_output_bias = True
+  c.predictor = ()                    # BYOL / SimSiam predictor widths on z (empty: none)
+  c.predictor_output_norm = 'none'
   c.multilevel = True                 # False: global VICReg only (L_G ablation)
   c.levels = (0, 1, 2, 3, 4)          # stem, layer1..layer4
   c.multilevel_size = 64              # common size of the bilinear resize
@@ -83,7 +88,15 @@ def build_model(cfg) -> MLVICX:
                                context_block=trunk.context_block, dtype=dtype)
   global_head = None
   if cfg.global_head:
-    global_head = functools.partial(ProjectionHead, widths=tuple(cfg.global_head), dtype=dtype)
+    global_head = functools.partial(
+        ProjectionHead, widths=tuple(cfg.global_head), hidden_norm=cfg.head_hidden_norm,
+        output_norm=cfg.head_output_norm, output_bias=cfg.head_output_bias, dtype=dtype)
+  predictor = None
+  if cfg.predictor:
+    if not cfg.global_head:
+      raise ValueError('model.predictor needs a model.global_head to predict from')
+    predictor = functools.partial(ProjectionHead, widths=tuple(cfg.predictor),
+                                  output_norm=cfg.predictor_output_norm, dtype=dtype)
   multilevel = None
   if cfg.multilevel:
     multilevel = functools.partial(
@@ -91,4 +104,5 @@ def build_model(cfg) -> MLVICX:
         levels=tuple(cfg.levels), common_size=cfg.multilevel_size,
         channels=cfg.multilevel_channels, pool_size=cfg.multilevel_pool,
         aggregation=cfg.aggregation, implementation=cfg.multilevel_impl, dtype=dtype)
-  return MLVICX(backbone=backbone, global_head=global_head, multilevel_branch=multilevel)
+  return MLVICX(backbone=backbone, global_head=global_head, multilevel_branch=multilevel,
+                predictor=predictor)

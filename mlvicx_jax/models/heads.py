@@ -12,20 +12,40 @@ from mlvicx_jax.models.resnet import batch_norm
 linear_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 
 
+OUTPUT_NORMS = ('affine', 'plain', 'none')
+
+
 class ProjectionHead(nn.Module):
-  """Linear+BN+ReLU layers, the last one Linear+BN without ReLU (official MLVICX)."""
+  """Linear+BN+ReLU layers, then a last Linear with an optional BN, no ReLU.
+
+  The defaults are official MLVICX (BN with scale and offset after the last
+  layer). The comparison methods' heads differ only in these switches:
+  `hidden_norm=False` drops the hidden BNs (MoCo v2), `output_norm='plain'`
+  is a BN without scale and offset (SimSiam) and 'none' none at all (VICReg,
+  BYOL, SimCLR), `output_bias=False` a last Linear without bias.
+  """
   widths: Sequence[int] = (4096, 4096, 4096)
+  hidden_norm: bool = True
+  output_norm: str = 'affine'
+  output_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
+    if self.output_norm not in OUTPUT_NORMS:
+      raise ValueError(f'head output_norm must be one of {OUTPUT_NORMS}, got {self.output_norm!r}')
     norm = batch_norm(train, self.dtype)
     for i, width in enumerate(self.widths):
+      last = i == len(self.widths) - 1
       x = nn.Dense(width, dtype=self.dtype, kernel_init=linear_kernel_init,
-                   name=f'linear{i + 1}')(x)
-      x = norm(name=f'bn{i + 1}')(x)
-      if i < len(self.widths) - 1:
+                   use_bias=self.output_bias or not last, name=f'linear{i + 1}')(x)
+      if not last:
+        if self.hidden_norm:
+          x = norm(name=f'bn{i + 1}')(x)
         x = nn.relu(x)
+      elif self.output_norm != 'none':
+        plain = self.output_norm == 'plain'
+        x = norm(use_scale=not plain, use_bias=not plain, name=f'bn{i + 1}')(x)
     return x.astype(jnp.float32)
 
 

@@ -7,8 +7,11 @@ import jax
 
 from mlvicx_jax import models
 from mlvicx_jax import optim
+from mlvicx_jax.data import augment
 from mlvicx_jax.data import device_augment
 from mlvicx_jax.data import info as data_info
+from mlvicx_jax.optim import ema
+from mlvicx_jax.train import methods
 
 
 class ConfigError(ValueError):
@@ -18,6 +21,40 @@ class ConfigError(ValueError):
 def _require(condition: bool, field: str, message: str):
   if not condition:
     raise ConfigError(f'config.{field}: {message}')
+
+
+OPTIMIZERS = ('lars', 'sgd', 'adamw')
+
+
+def _check_method(config) -> None:
+  """The loss constants and heads that config.method needs."""
+  method, l, m = config.get('method', 'mlvicx'), config.loss, config.model
+  _require(method in methods.METHODS, 'method',
+           f'unknown method {method!r}; expected one of {methods.METHODS}')
+  if method in ('mlvicx', 'vicreg'):
+    _require(l.use_global or l.use_local, 'loss.use_global', 'at least one of loss.use_global / '
+             'loss.use_local must be True')
+    _require(not l.use_global or bool(m.global_head), 'model.global_head',
+             'empty, but loss.use_global is True')
+    _require(not l.use_local or m.multilevel, 'model.multilevel',
+             'False, but loss.use_local is True')
+    _require(l.lam >= 0, 'loss.lam', f'must be >= 0, got {l.lam}')
+    return
+  _require(bool(m.global_head), 'model.global_head', f'empty, but {method} needs a projector')
+  if method in ('byol', 'simsiam'):
+    _require(bool(m.predictor), 'model.predictor', f'empty, but {method} needs a predictor')
+  if method in ('simclr', 'moco_v2'):
+    _require(l.temperature > 0, 'loss.temperature', f'must be > 0, got {l.temperature}')
+  if method in ('byol', 'moco_v2'):
+    _require(0 <= l.momentum <= 1, 'loss.momentum', f'must be in [0, 1], got {l.momentum}')
+    _require(l.momentum_schedule in ema.MOMENTUM_SCHEDULES, 'loss.momentum_schedule',
+             f'{l.momentum_schedule!r} is not one of {ema.MOMENTUM_SCHEDULES}')
+  if method == 'moco_v2':
+    _require(l.queue_size % config.global_batch_size == 0, 'loss.queue_size',
+             f'{l.queue_size} is not a multiple of global_batch_size '
+             f'{config.global_batch_size} (the queue takes whole batches of keys)')
+  if method == 'barlow_twins':
+    _require(l.lambd >= 0, 'loss.lambd', f'must be >= 0, got {l.lambd}')
 
 
 def validate(config) -> None:
@@ -35,31 +72,31 @@ def validate(config) -> None:
   _require(config.num_epochs > 0 or config.num_train_steps > 0, 'num_epochs',
            'set num_epochs > 0 or num_train_steps > 0')
   o = config.optim
-  _require(o.optimizer in ('lars', 'adamw'), 'optim.optimizer',
-           f"{o.optimizer!r} is not 'lars' or 'adamw'")
+  _require(o.optimizer in OPTIMIZERS, 'optim.optimizer',
+           f'{o.optimizer!r} is not one of {OPTIMIZERS}')
   _require(o.base_lr >= 0, 'optim.base_lr', f'must be >= 0, got {o.base_lr}')
   _require(o.weight_decay >= 0, 'optim.weight_decay', f'must be >= 0, got {o.weight_decay}')
   _require(0 <= o.momentum < 1, 'optim.momentum', f'must be in [0, 1), got {o.momentum}')
   _require(o.warmup_epochs >= 0, 'optim.warmup_epochs', f'must be >= 0, got {o.warmup_epochs}')
   _require(o.cosine_over in optim.COSINE_OVER_CHOICES, 'optim.cosine_over',
            f'{o.cosine_over!r} is not one of {optim.COSINE_OVER_CHOICES}')
-  l = config.loss
-  _require(l.use_global or l.use_local, 'loss.use_global', 'at least one of loss.use_global / '
-           'loss.use_local must be True')
-  _require(not l.use_global or bool(config.model.global_head), 'model.global_head',
-           'empty, but loss.use_global is True')
-  _require(not l.use_local or config.model.multilevel, 'model.multilevel',
-           'False, but loss.use_local is True')
-  _require(l.lam >= 0, 'loss.lam', f'must be >= 0, got {l.lam}')
+  _check_method(config)
+  if 'monitor' in config:
+    mon = config.monitor
+    _require(mon.every_steps >= 0, 'monitor.every_steps', f'must be >= 0, got {mon.every_steps}')
+    _require(mon.k >= 1, 'monitor.k', f'must be >= 1, got {mon.k}')
+    _require(mon.temperature > 0, 'monitor.temperature', f'must be > 0, got {mon.temperature}')
+    _require(mon.batch_size >= 1, 'monitor.batch_size', f'must be >= 1, got {mon.batch_size}')
   _require(config.checkpoint_every_steps > 0, 'checkpoint_every_steps', 'must be > 0')
   _require(config.log_every_steps > 0, 'log_every_steps', 'must be > 0')
   on = config.aug.get('on', 'host')
-  _require(on in ('device', 'host'), 'aug.on', f"{on!r} is not 'device' or 'host'")
+  _require(on in augment.PLACEMENTS, 'aug.on', f'{on!r} is not one of {augment.PLACEMENTS}')
+  on_device = augment.placement(config.aug) == 'device'
   for view in ('view1', 'view2'):
     interpolation = config.aug[view].interpolation
-    _require(on == 'host' or interpolation in device_augment.INTERPOLATIONS,
-             f'aug.{view}.interpolation', f"{interpolation!r} is not one of "
-             f"{device_augment.INTERPOLATIONS} (aug.on='device')")
+    _require(not on_device or interpolation in device_augment.INTERPOLATIONS,
+             f'aug.{view}.interpolation', f'{interpolation!r} is not one of '
+             f'{device_augment.INTERPOLATIONS} (views made on the device, aug.on={on!r})')
   try:
     models.build_model(config.model)
   except ValueError as e:

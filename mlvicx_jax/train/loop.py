@@ -23,18 +23,19 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mlvicx_jax import checkpoint
 from mlvicx_jax import models
 from mlvicx_jax import optim
+from mlvicx_jax.data import augment
 from mlvicx_jax.data import device_augment
+from mlvicx_jax.evaluate import monitor
 from mlvicx_jax.train import compile_cache
 from mlvicx_jax.train import config_check
 from mlvicx_jax.train import data as train_data
+from mlvicx_jax.train import methods
 from mlvicx_jax.train import metrics_log
 from mlvicx_jax.train import resume
 from mlvicx_jax.train import workdir_lock
 from mlvicx_jax.train.step import TrainState, make_train_step
 
 DATA_AXIS = 'data'
-# Loss terms in the order to blame when the loss stops being finite.
-_TERMS = ('global/inv', 'global/var', 'global/cov', 'local/inv', 'local/var', 'local/cov', 'loss')
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -60,6 +61,9 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int):
       end_factor=o.end_factor, cosine_over=o.cosine_over)
   if o.optimizer == 'lars':
     tx = optim.lars(schedule, momentum=o.momentum, eta=o.eta, weight_decay=o.weight_decay)
+  elif o.optimizer == 'sgd':  # torch.optim.SGD: decay on every parameter, lr outside the buffer
+    tx = optax.chain(optax.add_decayed_weights(o.weight_decay),
+                     optax.sgd(schedule, momentum=o.momentum))
   else:  # 'adamw': for short runs (the CPU demo), where LARS at small batch barely moves
     tx = optax.adamw(schedule, weight_decay=o.weight_decay, mask=optim.exclude_bias_and_norm)
   return tx, schedule
@@ -107,13 +111,21 @@ def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
           enable_async_checkpointing=config.async_checkpointing))
 
 
+def _train_item(state: TrainState) -> dict:
+  """What resumes training besides the model: the method's extra state only when it has one."""
+  item = {'opt_state': state.opt_state, 'step': state.step}
+  if state.extra:
+    item['extra'] = state.extra
+  return item
+
+
 def _save(mngr, state: TrainState, data_iter, meta: dict, force: bool = False):
   step = int(jax.device_get(state.step))
   mngr.save(step, force=force, args=ocp.args.Composite(**{
       checkpoint.MODEL: ocp.args.StandardSave({'params': state.params,
                                                'batch_stats': state.batch_stats}),
       checkpoint.META: ocp.args.JsonSave(dict(meta, step=step)),
-      checkpoint.TRAIN: ocp.args.StandardSave({'opt_state': state.opt_state, 'step': state.step}),
+      checkpoint.TRAIN: ocp.args.StandardSave(_train_item(state)),
       checkpoint.DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
   }))
 
@@ -122,17 +134,17 @@ def _restore(mngr, step: int, abstract_state: TrainState, data_iter) -> TrainSta
   restored = mngr.restore(step, args=ocp.args.Composite(**{
       checkpoint.MODEL: ocp.args.StandardRestore({'params': abstract_state.params,
                                                   'batch_stats': abstract_state.batch_stats}),
-      checkpoint.TRAIN: ocp.args.StandardRestore({'opt_state': abstract_state.opt_state,
-                                                  'step': abstract_state.step}),
+      checkpoint.TRAIN: ocp.args.StandardRestore(_train_item(abstract_state)),
       checkpoint.DATA_ITER: grain.checkpoint.CheckpointRestore(data_iter),
   }))
   model, train = restored[checkpoint.MODEL], restored[checkpoint.TRAIN]
   return TrainState(step=train['step'], params=model['params'],
-                    batch_stats=model['batch_stats'], opt_state=train['opt_state'])
+                    batch_stats=model['batch_stats'], opt_state=train['opt_state'],
+                    extra=train.get('extra', {}))
 
 
-def _first_non_finite(metrics: dict) -> str:
-  for name in _TERMS:
+def _first_non_finite(metrics: dict, terms) -> str:
+  for name in terms:
     if name in metrics and not np.isfinite(metrics[name]):
       return name
   return 'loss'
@@ -197,13 +209,15 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config.num_epochs * steps_per_epoch)
   tx, schedule = make_optimizer(config, steps_per_epoch, total_steps)
   model = models.build_model(config.model)
+  objective = methods.build(config.get('method', 'mlvicx'), config.loss, model, total_steps)
 
   @jax.jit
   def init_state(rng):
     variables = init_variables(model, config, rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                       batch_stats=variables['batch_stats'],
-                      opt_state=tx.init(variables['params']))
+                      opt_state=tx.init(variables['params']),
+                      extra=objective.init(variables, jax.random.fold_in(rng, 1)))
 
   t0 = time.time()
   abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
@@ -226,18 +240,24 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       variables, count = merge_pretrained(
           {'params': state.params, 'batch_stats': state.batch_stats}, config.init_from)
       variables = jax.device_put(variables, replicated)
-      state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+      extra = jax.jit(objective.init, out_shardings=replicated)(
+          variables, jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+      state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'],
+                            extra=extra)  # a momentum target starts as the loaded network
       logging.info('Initialised %d tensors from %s', count, config.init_from)
     start = 0
 
   make_views = None
-  if config.aug.get('on', 'host') == 'device':
+  if augment.placement(config.aug) == 'device':
     make_views = functools.partial(device_augment.two_views, seed=config.seed,
                                    aug=config.aug.to_dict(), size=config.image_size)
-  train_step = jax.jit(make_train_step(model, tx, schedule, config.loss, make_views,
+  train_step = jax.jit(make_train_step(model, tx, schedule, objective, make_views,
                                        config.inject_nan_at_step),
                        in_shardings=(replicated, batch_sharding),
                        out_shardings=(replicated, replicated), donate_argnums=0)
+  monitor_every = config.monitor.every_steps if 'monitor' in config else 0
+  knn_monitor = monitor.KnnMonitor(config, data_dir, model) if monitor_every > 0 else None
+  monitored = {}  # the latest monitor values, written with the next logged step
   writer = metrics_log.MetricsWriter(workdir, total_steps, initial_step=start)
   preemption = _Preemption()
   # Metrics are read one step late, so the host never waits for the step it
@@ -249,7 +269,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def check(step, device_metrics):
     host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if not np.isfinite(host['loss']):
-      term = _first_non_finite(host)
+      term = _first_non_finite(host, objective.terms)
       raise NonFiniteLossError(
           f'non-finite loss at step {step}: {term} = {host.get(term)}; the last '
           f'checkpoint is the last good state ({mngr.latest_step()})')
@@ -258,6 +278,8 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def log(step, host):
     elapsed = max(time.time() - window['start'], 1e-9)
     host['pairs_per_second'] = window['steps'] * config.global_batch_size / elapsed
+    host.update(monitored)
+    monitored.clear()
     writer.write(step, host)
     window.update(start=time.time(), steps=0)
     return host
@@ -278,6 +300,10 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step += 1
       window['steps'] += 1
       writer.advance()
+      if knn_monitor is not None and step % monitor_every == 0:
+        began = time.time()
+        monitored.update(knn_monitor({'params': state.params, 'batch_stats': state.batch_stats}))
+        window['start'] += time.time() - began  # pairs/s counts training only
       preempted = preemption.requested or mngr.reached_preemption(step)
       if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
         host = check(*pending)  # never checkpoint a state that followed a NaN

@@ -14,6 +14,7 @@ class MetricsWriter:
   def __init__(self, workdir: str, total_steps: int, initial_step: int = 0):
     self.enabled = jax.process_index() == 0
     self._jsonl = self._tb = self._bar = None
+    self._knn = ''
     if not self.enabled:
       return
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
@@ -36,7 +37,12 @@ class MetricsWriter:
         if name != 'step':
           self._tb.add_scalar(name, value, step)
       self._tb.flush()
-    self._bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+    postfix = {'loss': f"{record['loss']:.3f}"}
+    if 'knn/mean_auc' in record:
+      self._knn = f"{record['knn/mean_auc']:.3f}"
+    if self._knn:
+      postfix['knn_auc'] = self._knn  # the latest monitor value stays in view
+    self._bar.set_postfix(postfix, refresh=False)
 
   def advance(self, n: int = 1):
     if self._bar is not None:

@@ -32,12 +32,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mlvicx_jax import checkpoint
+from mlvicx_jax.data import augment
 
 FREE_FIELDS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
                'keep_last_checkpoints', 'keep_every_steps', 'async_checkpointing',
                'worker_count', 'inject_nan_at_step', 'data_dir', 'init_from',
-               'allow_resume_changes', 'demo', 'demo_margin_n_boot', 'compilation_cache_dir')
-FIXED_FIELDS = ('model', 'loss', 'dataset', 'split', 'image_size', 'synthetic_images',
+               'allow_resume_changes', 'demo', 'demo_margin_n_boot', 'compilation_cache_dir',
+               'monitor')
+FIXED_FIELDS = ('method', 'model', 'loss', 'dataset', 'split', 'image_size', 'synthetic_images',
                 'synthetic_image_size')
 # Inside model.*: same parameters and function, so they may change when allowed.
 ALLOWABLE_MODEL_FIELDS = ('model.dtype', 'model.multilevel_impl')
@@ -69,6 +71,23 @@ def _fmt(value) -> str:
   return json.dumps(value)
 
 
+def _comparable(run_config: dict) -> dict:
+  """Flattened, with the meaning of fields that older runs did not write.
+
+  A model field added later held its default then (model_config_from_json
+  fills it), a run without `method` was MLVICX, and aug.on is compared by
+  where it puts the views on this machine ('auto' is 'host' on CPU).
+  """
+  run_config = dict(run_config)
+  if 'model' in run_config:
+    run_config['model'] = checkpoint.config_to_json(
+        checkpoint.model_config_from_json(run_config['model']))
+  run_config.setdefault('method', 'mlvicx')
+  if isinstance(run_config.get('aug'), dict):
+    run_config['aug'] = dict(run_config['aug'], on=augment.placement(run_config['aug']))
+  return flatten(run_config)
+
+
 def check_config_drift(saved: Optional[dict], config, workdir: str, step: int) -> list:
   """Raises ConfigDriftError unless the differences may change on resume.
 
@@ -78,8 +97,8 @@ def check_config_drift(saved: Optional[dict], config, workdir: str, step: int) -
     logging.warning('the checkpoint at step %d has no run config in its meta; '
                     'config drift is not checked', step)
     return []
-  now = flatten(json.loads(config.to_json_best_effort()))
-  before = flatten(saved)
+  now = _comparable(json.loads(config.to_json_best_effort()))
+  before = _comparable(saved)
   missing = object()
   diffs = [(f, before.get(f, missing), now.get(f, missing))
            for f in sorted(set(now) | set(before))

@@ -177,3 +177,17 @@ def test_draws_are_uniform_and_the_branch_rates_follow_the_config():
       assert abs(rate - prob) < 4 * np.sqrt(prob * (1 - prob) / 4000) + 1e-9, (view, field)
   u0, u1 = device_augment.view_draws(7, positions, 0), device_augment.view_draws(7, positions, 1)
   assert abs(float(np.corrcoef(np.ravel(u0), np.ravel(u1))[0, 1])) < 0.01
+
+
+@pytest.mark.parametrize('on, backend, want', [
+    ('auto', 'cpu', 'host'), ('auto', 'gpu', 'device'), ('auto', 'tpu', 'device'),
+    ('host', 'gpu', 'host'), ('device', 'cpu', 'device'), (None, 'gpu', 'host')])
+def test_placement_resolves_auto_by_backend(monkeypatch, on, backend, want):
+  """'auto' means the device on accelerators; a config without the field is 'host'."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  aug = augment.default_augment_config().to_dict()
+  if on is None:
+    del aug['on']
+  else:
+    aug['on'] = on
+  assert augment.placement(aug) == want

@@ -17,6 +17,7 @@ from mlvicx_jax import models
 from mlvicx_jax import optim
 from mlvicx_jax.data import augment
 from mlvicx_jax.data import device_augment
+from mlvicx_jax.train import methods
 from mlvicx_jax.train.step import TrainState, make_train_step
 
 
@@ -25,7 +26,8 @@ def run(devices, batches, model, tx, schedule, loss_cfg, init, make_views=None):
                        devices=devices)
   repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   state = jax.device_put(init, repl)
-  step = jax.jit(make_train_step(model, tx, schedule, loss_cfg, make_views),
+  step = jax.jit(make_train_step(model, tx, schedule, methods.build('mlvicx', loss_cfg, model, 0),
+                                 make_views),
                  in_shardings=(repl, shard), out_shardings=(repl, repl))
   losses = []
   for batch in batches:
