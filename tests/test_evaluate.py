@@ -174,7 +174,8 @@ def test_frozen_probe_end_to_end_writes_records_that_match_its_classifier(nih):
     assert os.path.isfile(os.path.join(workdir, stem + suffix))
   assert record['checkpoint'] == nih[0] and record['feature_cache']
   assert record['encoder'] == {'context_blocks': 'keep', 'bn_statistics': 'checkpoint',
-                               'bn_batches': None, 'bn_images': None, 'random_init': False}
+                               'bn_batches': None, 'bn_images': None, 'random_init': False,
+                               'method': 'mlvicx'}  # read from the pretraining checkpoint
   assert record['label_subset']['mode'] == 'fixed' and record['selection_metric'] == 'mean_auc'
   assert 0 <= record['best_epoch'] <= record['stop_epoch'] <= 2
 

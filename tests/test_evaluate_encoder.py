@@ -108,7 +108,7 @@ def test_harness_reestimates_once_per_trunk_and_records_it(nih_frozen):
   assert again['batch_stats']['backbone'] is variables['batch_stats']['backbone']
   record = harness.encoder_record(config, encoder, used)
   assert record == {'context_blocks': 'drop', 'bn_statistics': 're-estimated', 'bn_batches': 3,
-                    'bn_images': 48, 'random_init': False}
+                    'bn_images': 48, 'random_init': False, 'method': 'mlvicx'}
   # Kept blocks: the checkpoint's own statistics, untouched.
   kept = encoder_lib.load_encoder(config.checkpoint, 'keep')
   assert harness.encoder_record(config, kept, None)['bn_statistics'] == 'checkpoint'
