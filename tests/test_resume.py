@@ -147,6 +147,24 @@ def test_drift_categories():
     resume.check_config_drift(saved, config, 'W', 4)
 
 
+def test_runs_written_before_newer_fields_still_resume():
+  """A saved config without the later model fields, `method` or with aug.on='host' (older
+  runs) matches today's defaults on CPU; a real change of those fields is still refused."""
+  saved = json.loads(_config().to_json_best_effort())
+  for field in ('head_hidden_norm', 'head_output_norm', 'head_output_bias', 'predictor',
+                'predictor_output_norm'):
+    del saved['model'][field]
+  del saved['method']
+  saved['aug']['on'] = 'host'
+  assert resume.check_config_drift(saved, _config(), 'W', 4) == []
+  config = _config(method='simclr')
+  config.model.head_output_norm = 'none'
+  with pytest.raises(resume.ConfigDriftError) as error:
+    resume.check_config_drift(saved, config, 'W', 4)
+  assert 'method: "mlvicx" in checkpoint, "simclr" now' in str(error.value)
+  assert 'model.head_output_norm: "affine" in checkpoint, "none" now' in str(error.value)
+
+
 def test_lock_of_another_host_is_not_taken_and_object_stores_get_none(tmp_path, caplog):
   (tmp_path / workdir_lock.LOCK_NAME).write_text(json.dumps(
       {'host': 'node-17', 'pid': 4242, 'started': '2026-11-20T03:00:00'}))
