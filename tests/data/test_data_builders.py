@@ -133,7 +133,7 @@ def test_rebuild_never_corrupts_the_first(nih_raw, tmp_path, monkeypatch):
   # A rebuild that fails half-way leaves the first build exactly as it was.
   def explode(*args, **kwargs):
     raise RuntimeError('disk on fire')
-  monkeypatch.setattr(builders, '_decode', explode)
+  monkeypatch.setattr(builders.base, '_decode', explode)
   with pytest.raises(RuntimeError, match='disk on fire'):
     prepare_lib.prepare('nih', str(nih_raw), str(out), image_size=SIZE, overwrite=True)
   monkeypatch.undo()

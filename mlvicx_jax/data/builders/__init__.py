@@ -1,0 +1,45 @@
+"""TFDS builders, one module per dataset layout (SPEC section 3).
+
+  base      what they share: config, source records, CSV reading, decoding,
+            the skipped.json report
+  nih       NIH ChestX-ray14        vinbig    VinDr-CXR
+  rsna      RSNA Pneumonia          siim      SIIM-ACR Pneumothorax
+
+Run them through `python -m mlvicx_jax.data.prepare` (the `tfds build` CLI
+needs TensorFlow).
+"""
+from __future__ import annotations
+
+from mlvicx_jax.data import info as info_lib
+from mlvicx_jax.data.builders.base import IMAGE_ENCODINGS
+from mlvicx_jax.data.builders.base import MissingInputError
+from mlvicx_jax.data.builders.base import SKIPPED_REPORT
+from mlvicx_jax.data.builders.base import SourceRecord
+from mlvicx_jax.data.builders.base import VINBIG_LABEL_RULES
+from mlvicx_jax.data.builders.base import XrayConfig
+from mlvicx_jax.data.builders.nih import Nih
+from mlvicx_jax.data.builders.rsna import Rsna
+from mlvicx_jax.data.builders.siim import Siim
+from mlvicx_jax.data.builders.vinbig import Vinbig
+from mlvicx_jax.data.builders.vinbig import vinbig_label
+
+BUILDERS = {'nih': Nih, 'vinbig': Vinbig, 'rsna': Rsna, 'siim': Siim}
+
+
+def make_config(dataset: str, image_size: int = info_lib.DEFAULT_IMAGE_SIZE,
+                seed: int = 0, label_rule: str = 'any',
+                validation_fraction: float | None = None,
+                test_fraction: float | None = None,
+                image_encoding: str = 'raw') -> XrayConfig:
+  """The config of a build (a predefined one when the options are defaults)."""
+  from mlvicx_jax.data.builders import base  # pylint: disable=g-import-not-at-top
+  builder = BUILDERS[dataset]
+  config = base.build_config(builder.DEFAULT_FRACTIONS, dataset == 'vinbig', image_size, seed,
+                             label_rule, validation_fraction, test_fraction, image_encoding)
+  predefined = {c.name: c for c in builder.BUILDER_CONFIGS}
+  return predefined.get(config.name, config)
+
+
+__all__ = ['BUILDERS', 'IMAGE_ENCODINGS', 'MissingInputError', 'Nih', 'Rsna', 'SKIPPED_REPORT',
+           'Siim', 'SourceRecord', 'VINBIG_LABEL_RULES', 'Vinbig', 'XrayConfig', 'make_config',
+           'vinbig_label']
