@@ -1,4 +1,4 @@
-"""Facts about the four datasets: class names, tasks, splits, normalisation.
+"""Facts about the datasets: class names, tasks, splits, normalisation.
 
 One place for each fact; builders, loaders and evaluation code read them here.
 """
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-DATASETS = ('nih', 'vinbig', 'rsna', 'siim')
+DATASETS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert', 'folder')
 
 # SPEC section 3 order; "No Finding" is the all-zero vector.
 NIH_CLASSES = (
@@ -23,6 +23,16 @@ VINBIG_CLASSES = (
     'Pulmonary fibrosis')
 VINBIG_NO_FINDING = 'No finding'
 VINBIG_NO_FINDING_ID = 14
+
+# CheXpert's 14 observations in the column order of train.csv / valid.csv.
+CHEXPERT_CLASSES = (
+    'No Finding', 'Enlarged Cardiomediastinum', 'Cardiomegaly', 'Lung Opacity',
+    'Lung Lesion', 'Edema', 'Consolidation', 'Pneumonia', 'Atelectasis',
+    'Pneumothorax', 'Pleural Effusion', 'Pleural Other', 'Fracture',
+    'Support Devices')
+# The CheXpert competition's five (Irvin et al. 2019), in CHEXPERT_CLASSES order.
+CHEXPERT_COMPETITION = ('Cardiomegaly', 'Edema', 'Consolidation', 'Atelectasis',
+                        'Pleural Effusion')
 
 RSNA_CLASSES = ('Pneumonia',)
 SIIM_CLASSES = ('Pneumothorax',)
@@ -58,11 +68,17 @@ _INFOS = {
                         ('train', 'validation', 'test'), False, True),
     'siim': DatasetInfo('siim', SIIM_CLASSES, 'segmentation',
                         ('train', 'validation', 'test'), True, True),
+    'chexpert': DatasetInfo('chexpert', CHEXPERT_CLASSES, 'multilabel',
+                            ('train', 'validation', 'test'), False, True),
+    # Any tree of radiographs: its classes (none without --labels_csv) are
+    # those of the build, read from the build's metadata (pipelines.class_names).
+    'folder': DatasetInfo('folder', (), 'multilabel',
+                          ('train', 'validation', 'test'), False, False),
 }
 
 
 def dataset_info(dataset: str) -> DatasetInfo:
-  """Returns the DatasetInfo of 'nih', 'vinbig', 'rsna' or 'siim'.
+  """Returns the DatasetInfo of one of DATASETS.
 
   Accepts a tfds-style 'name/config' too, the config being ignored.
   """

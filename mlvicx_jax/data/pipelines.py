@@ -65,11 +65,10 @@ def resolve_dataset(data_dir: str, dataset: str) -> str:
                    f'pass dataset="{name}/<config>"')
 
 
-def data_source(data_dir: str, dataset: str, split: str, decoders=None):
-  """Random-access source of decoded examples (image (S, S, 1) uint8, ...).
+def _read_only_builder(data_dir: str, dataset: str):
+  """The build's own description (the newest version folder), not this code's.
 
-  Opened from the build's own feature description (the newest version folder),
-  so raw (1.1.0) and PNG (1.0.0) builds read alike, whatever builder code
+  So raw (1.1.0) and PNG (1.0.0) builds read alike, whatever builder code
   this process has registered.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -81,11 +80,23 @@ def data_source(data_dir: str, dataset: str, split: str, decoders=None):
     raise FileNotFoundError(f'no finished build in {folder}; run python -m '
                             f'mlvicx_jax.data.prepare --dataset={name.split("/")[0]} '
                             f'--manual_dir=RAW --data_dir={data_dir}')
+  return tfds.builder_from_directory(os.path.join(folder, versions[-1]))
+
+
+def data_source(data_dir: str, dataset: str, split: str, decoders=None):
+  """Random-access source of decoded examples (image (S, S, 1) uint8, ...)."""
   try:
-    builder = tfds.builder_from_directory(os.path.join(folder, versions[-1]))
+    builder = _read_only_builder(data_dir, dataset)
     return builder.as_data_source(split=split, decoders=decoders)
+  except FileNotFoundError:
+    raise
   except Exception as e:  # tfds errors do not always name the folder.
-    raise type(e)(f'cannot open split {split!r} of {name} in {data_dir}: {e}') from e
+    raise type(e)(f'cannot open split {split!r} of {dataset} in {data_dir}: {e}') from e
+
+
+def class_names(data_dir: str, dataset: str) -> tuple[str, ...]:
+  """The label columns of a build, in order (a folder build's come from its CSV)."""
+  return tuple(_read_only_builder(data_dir, dataset).info.metadata['class_names'])
 
 
 def num_examples(data_dir: str, dataset: str, split: str) -> int:

@@ -43,7 +43,6 @@ class TaskData:
 
 def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS) -> TaskData:
   """Finds the prepared build of `task`; error naming the folder and the prepare command."""
-  from mlvicx_jax.data import info as info_lib  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   prepare_cmd = (f'python -m mlvicx_jax.data.prepare --dataset={task} '
@@ -62,7 +61,7 @@ def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS) -> 
   for split in splits:
     if split != 'test' and not sizes[split]:
       raise ValueError(f'{expected}: split {split!r} is empty')
-  return TaskData(data_dir, dataset, info_lib.dataset_info(task).class_names, sizes)
+  return TaskData(data_dir, dataset, pipelines.class_names(data_dir, dataset), sizes)
 
 
 # --- label subsets ------------------------------------------------------------------
