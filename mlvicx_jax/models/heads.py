@@ -98,4 +98,4 @@ class MultiLevelBranch(nn.Module):
       x = jnp.einsum('ph,nhwc,qw->npqc', pool.astype(x.dtype), x, pool.astype(x.dtype))
     # Flatten channel-major (C, H, W) like torch, so ported Linear weights fit as-is.
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
-    return ProjectionHead(self.head_widths, self.dtype, name='head')(x, train)
+    return ProjectionHead(self.head_widths, dtype=self.dtype, name='head')(x, train)
