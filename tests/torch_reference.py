@@ -134,9 +134,13 @@ class ResizeProject(nn.Module):
                aggregation='sum'):
     super().__init__()
     self.size, self.aggregation = size, aggregation
-    self.convs = nn.ModuleList([nn.Conv2d(c, out_channels, 1) for c in in_channels])
+    convs = nn.ModuleList([nn.Conv2d(c, out_channels, 1) for c in in_channels])
     head_in = out_channels * (len(in_channels) if aggregation == 'concat' else 1)
+    # Registered in the official order (conv_head in __init__, the convs appended
+    # later in forward), so state_dict() lists keys as the official model does;
+    # created in this order so seeded weights stay as they were.
     self.conv_head = ConvHead(head_in, widths)
+    self.convs = convs
 
   def forward(self, maps):
     ys = [conv(F.interpolate(m, size=self.size, mode='bilinear', align_corners=False))

@@ -336,12 +336,17 @@ def load_torch(path: str):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('input', None, 'PyTorch checkpoint (.pth/.pt).')
-flags.DEFINE_string('output', None, 'Directory for the Orbax checkpoint (must not exist).')
-flags.DEFINE_integer('multilevel_size', OFFICIAL_SIZE,
-                     'Common resize of the multi-level branch (the official out_size). '
-                     'No tensor stores it: when not given, an out_size saved in the '
-                     "checkpoint's args/config is used, else this default.")
+
+
+def define_flags():
+  """Only when run as a program: export_torch imports this module and has its own --output."""
+  flags.DEFINE_string('input', None, 'PyTorch checkpoint (.pth/.pt).')
+  flags.DEFINE_string('output', None, 'Directory for the Orbax checkpoint (must not exist).')
+  flags.DEFINE_integer('multilevel_size', OFFICIAL_SIZE,
+                       'Common resize of the multi-level branch (the official out_size). '
+                       'No tensor stores it: when not given, an out_size saved in the '
+                       "checkpoint's args/config is used, else this default.")
+  flags.mark_flags_as_required(['input', 'output'])
 
 
 def main(argv):
@@ -372,5 +377,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['input', 'output'])
+  define_flags()
   app.run(main)
