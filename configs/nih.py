@@ -22,6 +22,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.method = 'mlvicx'
 
   # Data: a TFDS directory written by `python -m mlvicx_jax.data.prepare --dataset=nih`.
+  # Any prepared build ('folder', 'nih/s256'), or a weighted mixture 'nih:1,chexpert:2'.
   c.dataset = 'nih'
   c.split = 'train+validation'  # pretraining sees every train_val image, never the test list
   c.data_dir = ''              # empty: use synthetic NIH made in the workdir (needs synthetic_images > 0)
@@ -72,6 +73,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.monitor.train_examples = 10000  # seeded subset; <= 0: the whole split
   c.monitor.val_examples = 0        # <= 0: the whole validation split
   c.monitor.batch_size = 128
+  c.monitor.dataset = ''            # labelled build to score; '' = the first of c.dataset
 
   # Checkpoints and logs.
   c.checkpoint_every_steps = 1000

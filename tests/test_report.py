@@ -97,7 +97,7 @@ def test_invalid_records_name_file_and_field(tmp_path):
           'test': {'accuracy': 0.8}}
   cases = [
       ({k: v for k, v in good.items() if k != 'seed'}, 'seed'),
-      ({**good, 'task': 'chexpert'}, 'unknown task'),
+      ({**good, 'task': 'mimic'}, 'unknown task'),
       ({**good, 'label_fraction': 1.5}, 'label_fraction'),
       ({**good, 'metric_name': 'f1'}, 'metric_name'),
       ({**good, 'test': {'mean_auc': 0.7}}, 'test.accuracy'),

@@ -8,7 +8,8 @@ the others); `iter(loader)` gives an iterator with `get_state()` /
                          (B, H, W, 3), ImageNet-normalised; full batches only.
                          With aug.on='device': {'image' (B, S, S, 1) uint8,
                          'position' (B,) uint32}, views made in the step.
-  classification_loader  {'image', 'label' (B, K), 'file_name', 'mask' (B,)}.
+  classification_loader  {'image', 'label' (B, K), 'label_mask' (B, K), 'file_name',
+                         'mask' (B,)}; label_mask False: uncertain label left out.
   segmentation_loader    {'image', 'mask_target' (B, H, W, 1), 'label',
                          'file_name', 'mask' (B,)}.
 
@@ -33,6 +34,7 @@ import numpy as np
 
 from mlvicx_jax.data import augment
 from mlvicx_jax.data import info as info_lib
+from mlvicx_jax.data import label_policy
 from mlvicx_jax.data import splits as splits_lib
 
 label_fraction_indices = splits_lib.label_fraction_indices
@@ -99,6 +101,11 @@ def class_names(data_dir: str, dataset: str) -> tuple[str, ...]:
   return tuple(_read_only_builder(data_dir, dataset).info.metadata['class_names'])
 
 
+def has_feature(data_dir: str, dataset: str, name: str) -> bool:
+  """Whether a build stores `name` (CheXpert's 'uncertain', say)."""
+  return name in _read_only_builder(data_dir, dataset).info.features
+
+
 def num_examples(data_dir: str, dataset: str, split: str) -> int:
   return len(data_source(data_dir, dataset, split))
 
@@ -118,13 +125,17 @@ def file_names(data_dir: str, dataset: str, split: str) -> list[str]:
   return [source[i]['file_name'].decode('utf-8') for i in range(len(source))]
 
 
-def file_names_and_labels(data_dir: str, dataset: str,
-                          split: str) -> tuple[list[str], np.ndarray]:
-  """File names and (N, K) labels of a split in record order, in one pass."""
+def file_names_and_labels(data_dir: str, dataset: str, split: str, uncertain: str = 'u_zeros',
+                          classes: Sequence[int] | None = None) -> tuple[list[str], np.ndarray]:
+  """File names and (N, K) labels (`uncertain` policy, masked read 0) of a split, one pass."""
   source = _undecoded_source(data_dir, dataset, split)
   records = [source[i] for i in range(len(source))]
+  labels = np.stack([np.asarray(r['label'], np.float32) for r in records])
+  flags = (np.stack([np.asarray(r['uncertain']) for r in records])
+           if records and 'uncertain' in records[0] else None)
+  labels = label_policy.apply_policy(labels, flags, uncertain)[0]
   return ([r['file_name'].decode('utf-8') for r in records],
-          np.stack([np.asarray(r['label'], np.float32) for r in records]))
+          labels if classes is None else labels[:, list(classes)])
 
 
 class SubsetSource:
@@ -212,19 +223,26 @@ class StreamPosition(grain.transforms.MapWithIndex):
 
 
 class _Supervised:
-  """Common output of classification/segmentation examples."""
+  """Common output of supervised examples; labels under label_policy, `classes` columns."""
 
-  def __init__(self, image_size: int, aug, segmentation: bool):
+  def __init__(self, image_size: int, aug, segmentation: bool, uncertain: str = 'ignore',
+               classes: Sequence[int] | None = None):
     aug = augment.as_dict(aug)
     self._size = image_size
     self._view = aug['view']
     self._mean, self._std = aug['mean'], aug['std']
     self._segmentation = segmentation
+    self._uncertain = label_policy.check_policy(uncertain)
+    self._classes = None if classes is None else np.asarray(classes, np.int64)
 
   def _output(self, element, image, mask_target):
     valid = element.get('_valid', True)
+    label, label_mask = label_policy.apply_policy(
+        element['label'], element.get('uncertain'), self._uncertain)
+    if self._classes is not None:
+      label, label_mask = label[self._classes], label_mask[self._classes]
     out = {'image': augment.normalize(image, self._mean, self._std),
-           'label': np.asarray(element['label'], np.float32) * valid,
+           'label': label * valid, 'label_mask': label_mask & bool(valid),
            'file_name': element['file_name'] if valid else b'',
            'mask': np.bool_(valid)}
     if self._segmentation:
@@ -294,17 +312,26 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
   With augment.placement(aug) == 'device' the host only decodes: batches hold the
   stored uint8 images and their stream positions, and the train step makes
   the views (device_augment.two_views, keyed by seed and position).
+
+  `dataset` may be a weighted mixture of builds, 'nih:1,chexpert:2'; its
+  records are interleaved by position before all of the above (mixture.py).
   """
   shard = _shard(shard_index, shard_count)
   if global_batch_size % shard[1]:
     raise ValueError(f'global_batch_size {global_batch_size} is not divisible by '
                      f'{shard[1]} processes')
   aug = augment.default_augment_config() if aug is None else aug
-  source = data_source(data_dir, dataset, split)
-  if len(source) < global_batch_size:
-    raise ValueError(f'{dataset} {split}: {len(source)} examples cannot fill one global '
-                     f'batch of {global_batch_size}')
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
+  from mlvicx_jax.data import mixture  # pylint: disable=g-import-not-at-top  (imports this module)
+  components = mixture.parse(dataset)
+  if len(components) > 1:  # 'nih:1,chexpert:2': one stream of records by position
+    ds = mixture.records(data_dir, dataset, split=split, seed=seed, num_epochs=num_epochs)
+  else:
+    dataset = components[0].dataset
+    source = data_source(data_dir, dataset, split)
+    if len(source) < global_batch_size:
+      raise ValueError(f'{dataset} {split}: {len(source)} examples cannot fill one global '
+                       f'batch of {global_batch_size}')
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
   if augment.placement(aug) == 'device':
     ds = ds.map_with_index(StreamPosition())
   else:
@@ -318,7 +345,7 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
 
 def _supervised_loader(data_dir, dataset, *, split, image_size, batch_size, seed, train,
                        label_fraction, worker_count, num_epochs, shard_index, shard_count,
-                       aug, segmentation, indices):
+                       aug, segmentation, indices, uncertain='ignore', classes=None):
   shard = _shard(shard_index, shard_count)
   aug = augment.default_classification_augment_config() if aug is None else aug
   source = data_source(data_dir, dataset, split)
@@ -330,7 +357,7 @@ def _supervised_loader(data_dir, dataset, *, split, image_size, batch_size, seed
     names = file_names(data_dir, dataset, split)
     source = SubsetSource(source, label_fraction_indices(names, label_fraction, seed))
   if train:
-    transform = TrainExample(image_size, aug, segmentation)
+    transform = TrainExample(image_size, aug, segmentation, uncertain, classes)
     return _loader(source, operations=[transform, grain.transforms.Batch(batch_size),
                                        PadBatch(batch_size)],
                    shard=shard, shuffle=True, seed=seed, num_epochs=num_epochs,
@@ -339,8 +366,9 @@ def _supervised_loader(data_dir, dataset, *, split, image_size, batch_size, seed
   chunk = batch_size * max(1, worker_count)
   per_shard = math.ceil(math.ceil(len(source) / shard[1]) / chunk) * chunk
   padded = PaddedSource(source, per_shard * shard[1])
-  return _loader(padded, operations=[EvalExample(image_size, aug, segmentation),
-                                     grain.transforms.Batch(batch_size), PadBatch(batch_size)],
+  transform = EvalExample(image_size, aug, segmentation, uncertain, classes)
+  return _loader(padded, operations=[transform, grain.transforms.Batch(batch_size),
+                                     PadBatch(batch_size)],
                  shard=shard, shuffle=False, seed=None, num_epochs=num_epochs,
                  worker_count=worker_count, drop_remainder=True)
 
@@ -350,20 +378,23 @@ def classification_loader(data_dir: str, dataset: str, *, split: str, image_size
                           label_fraction: float = 1.0, worker_count: int = 0,
                           num_epochs: int | None = 1, shard_index: int | None = None,
                           shard_count: int | None = None, aug=None,
-                          indices: Sequence[int] | None = None):
-  """Batches {'image', 'label', 'file_name', 'mask'} of batch_size per process.
+                          indices: Sequence[int] | None = None, uncertain: str = 'ignore',
+                          classes: Sequence[int] | None = None):
+  """Batches {'image', 'label', 'label_mask', 'file_name', 'mask'} of batch_size per process.
 
   train: shuffled, augmented (aug: default_classification_augment_config()),
   on the seeded label_fraction subset (label_fraction_indices over file
   names, nested across fractions). Otherwise deterministic, in record order,
   each example once (num_epochs=1). `indices` (positions in the split)
-  replace label_fraction when the caller chose the subset itself.
+  replace label_fraction when the caller chose the subset itself. `uncertain`
+  (label_policy.UNCERTAINTY_POLICIES) reads CheXpert's uncertain labels;
+  `classes` keeps those label columns, in that order (None: all).
   """
   return _supervised_loader(
       data_dir, dataset, split=split, image_size=image_size, batch_size=batch_size,
       seed=seed, train=train, label_fraction=label_fraction, worker_count=worker_count,
       num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count, aug=aug,
-      segmentation=False, indices=indices)
+      segmentation=False, indices=indices, uncertain=uncertain, classes=classes)
 
 
 def segmentation_loader(data_dir: str, dataset: str = 'siim', *, split: str,

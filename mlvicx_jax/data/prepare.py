@@ -2,7 +2,8 @@ r"""Builds a dataset from the user's download into array_record files.
 
   python -m mlvicx_jax.data.prepare --dataset=nih --manual_dir=RAW \
       --data_dir=OUT [--image_size=256] [--vinbig_label_rule=any|majority] \
-      [--image_encoding=raw|png]
+      [--image_encoding=raw|png] [--frontal_only]  (CheXpert: frontal views only)
+      [--labels_csv=FILE]  (folder: any tree of PNG/JPEG/DICOM; labels optional)
 
 Result: OUT/<dataset>/<config>/<version>/ with the tfds files, metadata.json
 (split rule, seed, fractions, counts) and skipped.json (images skipped and
@@ -38,7 +39,8 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, *,
             vinbig_label_rule: str = 'any',
             validation_fraction: float | None = None,
             test_fraction: float | None = None, image_encoding: str = 'raw',
-            num_workers: int = 0, overwrite: bool = False) -> epath.Path:
+            num_workers: int = 0, overwrite: bool = False,
+            frontal_only: bool = False, labels_csv: str = '') -> epath.Path:
   """Builds `dataset` from manual_dir into data_dir; returns the version dir."""
   if dataset not in builders.BUILDERS:
     raise ValueError(f'unknown dataset {dataset!r}; expected one of {info_lib.DATASETS}')
@@ -49,7 +51,7 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, *,
   config = builders.make_config(
       dataset, image_size=image_size, seed=seed, label_rule=vinbig_label_rule,
       validation_fraction=validation_fraction, test_fraction=test_fraction,
-      image_encoding=image_encoding)
+      image_encoding=image_encoding, frontal_only=frontal_only, labels_csv=labels_csv)
   final = built_path(data_dir, dataset, config)
   if final.exists() and not overwrite:
     logging.info('Reusing the finished build %s (pass --overwrite to rebuild).', final)
@@ -118,6 +120,10 @@ def _define_flags():
   flags.DEFINE_float('validation_fraction', None,
                      'Validation share (NIH: of train_val patients); default 0.1, SIIM 0.2.')
   flags.DEFINE_float('test_fraction', None, 'Test share (not NIH); default 0.2, SIIM 0.1.')
+  flags.DEFINE_bool('frontal_only', False, 'CheXpert: keep frontal views only (config '
+                    "name suffix '_frontal').")
+  flags.DEFINE_string('labels_csv', '', 'folder: CSV of file name (first column), 0/1 label '
+                      'columns and optionally patient_id; empty: unlabelled.')
   flags.DEFINE_enum('image_encoding', 'raw', list(builders.IMAGE_ENCODINGS),
                     'raw: uint8 records, no decoding when read; png: 40% smaller files.')
   flags.DEFINE_integer('num_workers', os.cpu_count() or 1,
@@ -136,7 +142,8 @@ def main(argv):
         f.dataset, f.manual_dir, f.data_dir, image_size=f.image_size, seed=f.seed,
         vinbig_label_rule=f.vinbig_label_rule, validation_fraction=f.validation_fraction,
         test_fraction=f.test_fraction, image_encoding=f.image_encoding,
-        num_workers=f.num_workers, overwrite=f.overwrite)
+        num_workers=f.num_workers, overwrite=f.overwrite, frontal_only=f.frontal_only,
+        labels_csv=f.labels_csv)
   except (builders.MissingInputError, ValueError) as e:  # Bad input: a message, no trace.
     raise SystemExit(f'prepare {f.dataset}: {e}') from None
   report = path / builders.SKIPPED_REPORT

@@ -20,6 +20,7 @@ mimic the real releases (SPEC section 3), formats included:
   siim:   train-rle.csv (SIIM relative column-major RLE, several rows for
           some images), JPEG-baseline DICOMs
           dicom-images-train/<study>/<series>/<ImageId>.dcm.
+  chexpert: CheXpert-v1.0-small/{train,valid}.csv and JPEGs (synthetic_chexpert).
 
 The JPEG-baseline DICOMs are encoded with Pillow and encapsulated with
 pydicom (pydicom cannot encode JPEG itself); pydicom decodes them with its
@@ -413,6 +414,9 @@ def generate(dataset: str, out: str, num_images: int, seed: int = 0,
   rng = np.random.default_rng(seed)
   if dataset == 'nih':
     return _generate_nih(rng, out, num_images, image_size, nih_layout)
+  if dataset == 'chexpert':
+    from mlvicx_jax.data import synthetic_chexpert  # pylint: disable=g-import-not-at-top
+    return synthetic_chexpert.generate(rng, out, num_images, image_size)
   return {'vinbig': _generate_vinbig, 'rsna': _generate_rsna,
           'siim': _generate_siim}[dataset](rng, out, num_images, image_size)
 

@@ -1,9 +1,14 @@
-"""Classification task (NIH, VinBig-CXR, RSNA): the encoder plus one linear layer.
+"""Classification (NIH, VinBig-CXR, RSNA, CheXpert): the encoder plus one linear layer.
 
 SPEC section 4. BCE on logits; the reported metric is mean AUC (NIH,
-VinBig) or accuracy at probability 0.5 (RSNA, the paper's), and early
-stopping selects on that same metric on the validation split. Records hold
-both AUC and, for RSNA, accuracy.
+VinBig, CheXpert) or accuracy at probability 0.5 (RSNA, the paper's), and
+early stopping selects on that same metric on the validation split. Records
+hold both AUC and, for RSNA, accuracy.
+
+Masked labels (CheXpert's uncertain ones under the 'ignore' policy,
+data/label_policy.py) count nowhere: the loss averages over the unmasked
+entries, and the collected label arrays carry them as NaN, which every AUC
+(validation, test, bootstrap) leaves out of that class.
 
 Frozen probe shortcut (`config.frozen_feature_cache`, on by default): with a
 frozen encoder in inference mode the pooled features of an image never
@@ -34,13 +39,19 @@ from mlvicx_jax.evaluate import harness
 from mlvicx_jax.evaluate import metrics
 from mlvicx_jax.models import classifier as classifier_lib
 
-TASKS = ('nih', 'vinbig', 'rsna')
+TASKS = ('nih', 'vinbig', 'rsna', 'chexpert')
 MODELS_SUBDIR = 'classifiers'
 MODEL_KIND = 'classifier'  # meta['kind'] of a saved classifier
 
 
 def check_config(config) -> None:
   harness.check_config(config, TASKS)
+  if 'uncertain' in config:
+    from mlvicx_jax.data import label_policy  # pylint: disable=g-import-not-at-top
+    try:
+      label_policy.check_policy(config.uncertain)
+    except ValueError as e:
+      raise ValueError(f'config.{e}') from None
 
 
 def reported_metric(task: str) -> str:
@@ -48,13 +59,27 @@ def reported_metric(task: str) -> str:
   return 'accuracy' if task == 'rsna' else 'mean_auc'
 
 
-def bce_loss(logits, labels, mask=None):
-  """Mean binary cross-entropy over classes and the real (unpadded) examples."""
-  per_example = optax.sigmoid_binary_cross_entropy(logits, labels).mean(axis=-1)
-  if mask is None:
-    return per_example.mean()
-  mask = mask.astype(per_example.dtype)
-  return (per_example * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+def bce_loss(logits, labels, mask=None, label_mask=None):
+  """Mean binary cross-entropy over the labelled entries of the real examples.
+
+  mask (B,): real (unpadded) examples; label_mask (B, K): labelled entries
+  (False: masked, e.g. an ignored uncertain label). Without masks it is the
+  mean over every entry, as before label masks existed.
+  """
+  per_entry = optax.sigmoid_binary_cross_entropy(logits, labels)
+  weight = jnp.ones_like(per_entry)
+  if mask is not None:
+    weight = weight * mask.astype(per_entry.dtype)[:, None]
+  if label_mask is not None:
+    weight = weight * label_mask.astype(per_entry.dtype)
+  return (per_entry * weight).sum() / jnp.maximum(weight.sum(), 1.0)
+
+
+def split_masked(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Collected labels (NaN: masked) -> (labels with 0 there, label_mask)."""
+  labels = np.asarray(labels, np.float32)
+  label_mask = ~np.isnan(labels)
+  return np.where(label_mask, labels, np.float32(0)), label_mask
 
 
 def summary(labels, scores, class_names) -> dict:
@@ -90,7 +115,8 @@ def make_train_step(model, tx: optax.GradientTransformation, protocol: str):
         logits, updates = model.apply(variables, batch['image'], train=True,
                                       mutable=['batch_stats'])
         new_stats = updates['batch_stats']
-      return bce_loss(logits, batch['label'], batch.get('mask')), new_stats
+      return bce_loss(logits, batch['label'], batch.get('mask'),
+                      batch.get('label_mask')), new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, opt_state = tx.update(grads, opt_state, trainable)
@@ -101,12 +127,12 @@ def make_train_step(model, tx: optax.GradientTransformation, protocol: str):
 
 
 def make_head_step(num_classes: int, tx: optax.GradientTransformation):
-  """jit(head_params, opt_state, features, labels) for the cached frozen probe."""
+  """jit(head_params, opt_state, features, labels, label_mask) for the cached frozen probe."""
   head = classifier_lib.linear_head(num_classes)
 
-  def step(head_params, opt_state, features, labels):
+  def step(head_params, opt_state, features, labels, label_mask):
     def loss_fn(p):
-      return bce_loss(head.apply({'params': p}, features), labels)
+      return bce_loss(head.apply({'params': p}, features), labels, label_mask=label_mask)
     loss, grads = jax.value_and_grad(loss_fn)(head_params)
     updates, opt_state = tx.update(grads, opt_state, head_params)
     return optax.apply_updates(head_params, updates), opt_state, loss
@@ -188,6 +214,7 @@ def _fit_cached_probe(config, programs: Programs, data, subset, variables, trunk
   if subset.indices is not None:
     train_x, train_y = train_x[subset.indices], train_y[subset.indices]
     train_x_flipped = train_x_flipped[subset.indices]
+  train_y, train_mask = split_masked(train_y)
   val_x, val_y, _ = cached['validation']
   rng = np.random.default_rng(seed)
   n = len(train_x)
@@ -200,11 +227,11 @@ def _fit_cached_probe(config, programs: Programs, data, subset, variables, trunk
     order = rng.permutation(n)
     flip = rng.random(n) < 0.5  # the official h-flip, one draw per image and epoch
     x = np.where(flip[:, None], train_x_flipped, train_x)[order]
-    y = train_y[order]
+    y, y_mask = train_y[order], train_mask[order]
     losses = []
     for start in range(0, n - batch + 1, batch):  # drop the remainder, as the official loader
-      head, opt_state, loss = programs.head_step(head, opt_state, x[start:start + batch],
-                                                 y[start:start + batch])
+      part = slice(start, start + batch)
+      head, opt_state, loss = programs.head_step(head, opt_state, x[part], y[part], y_mask[part])
       losses.append(loss)
     return (head, opt_state), harness.mean_loss(losses)
 
@@ -238,7 +265,8 @@ def _fit_full(config, programs: Programs, data, subset, variables, seed, log_pre
     return selection_score(config.task, labels, scores), (labels, scores)
 
   result, best = harness.fit_on_stream(config, programs, variables, stream, steps,
-                                       ('image', 'label', 'mask'), evaluate, log_prefix)
+                                       ('image', 'label', 'mask', 'label_mask'), evaluate,
+                                       log_prefix)
   scores, labels, names = split_scores(best, 'test')
   return result, best, (labels, scores, names)
 
@@ -281,7 +309,8 @@ def fit_and_test(config, programs: Programs, data, subset, variables, *, trunk_k
       result=result, best_variables=best, test=summary(test_y, test_scores, class_names),
       val=val, metric_name=metric_name, selection_metric=metric_name,
       ci95=_bootstrap_ci(test_y, test_scores, metric_name, config.n_boot),
-      predictions=predictions, extra={'feature_cache': bool(use_cache)})
+      predictions=predictions,
+      extra={'feature_cache': bool(use_cache), 'label_policy': data.label_record()})
 
 
 # --- saved classifiers --------------------------------------------------------------

@@ -11,6 +11,10 @@ names). With `positive_per_class`, each class that has a positive in the
 training split gets at least one in the subset (its first-ranked positive
 is added; see `splits.label_fraction_indices`): at NIH 1% some classes
 otherwise have none, and their AUC measures nothing the probe could learn.
+
+Label columns and uncertain labels (config `classes`, `uncertain`;
+data/label_policy.py): TaskData holds the chosen columns and policy, and
+every loader, label subset and record of the task reads through them.
 """
 from __future__ import annotations
 
@@ -31,18 +35,39 @@ class TaskData:
   """A prepared dataset and how to read it."""
   data_dir: str
   dataset: str               # 'name/config' as built under data_dir
-  class_names: tuple
+  class_names: tuple         # the chosen label columns, in order
   sizes: dict                # split -> number of examples
+  class_indices: Optional[tuple] = None  # their positions in the build; None: all
+  uncertain: Optional[str] = None        # policy; None: the build has no uncertain labels
 
   @functools.cached_property
   def train_metadata(self) -> tuple[list, np.ndarray]:
-    """(file names, labels) of the training split, read once, images not decoded."""
+    """(file names, labels) of the training split, read once, images not decoded.
+
+    Labels under the task's policy, masked entries as 0 (not a positive).
+    """
     from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
-    return pipelines.file_names_and_labels(self.data_dir, self.dataset, 'train')
+    return pipelines.file_names_and_labels(self.data_dir, self.dataset, 'train',
+                                           self.uncertain or 'u_zeros', self.class_indices)
+
+  def label_record(self) -> Optional[dict]:
+    """The record's `label_policy`: the uncertainty policy and classes used.
+
+    None when there is nothing to say: no uncertain labels, every class.
+    """
+    if self.uncertain is None and self.class_indices is None:
+      return None
+    return {'uncertain': self.uncertain, 'classes': list(self.class_names)}
 
 
-def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS) -> TaskData:
-  """Finds the prepared build of `task`; error naming the folder and the prepare command."""
+def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS, *,
+                   uncertain: Optional[str] = None, classes=None) -> TaskData:
+  """Finds the prepared build of `task`; error naming the folder and the prepare command.
+
+  `classes` ('all', a preset such as CheXpert's 'competition', or names) and
+  `uncertain` (label_policy.UNCERTAINTY_POLICIES, default 'ignore') choose the
+  labels; the policy is recorded only for builds with uncertain labels.
+  """
   from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   prepare_cmd = (f'python -m mlvicx_jax.data.prepare --dataset={task} '
@@ -61,7 +86,18 @@ def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS) -> 
   for split in splits:
     if split != 'test' and not sizes[split]:
       raise ValueError(f'{expected}: split {split!r} is empty')
-  return TaskData(data_dir, dataset, pipelines.class_names(data_dir, dataset), sizes)
+  from mlvicx_jax.data import label_policy  # pylint: disable=g-import-not-at-top
+  names = pipelines.class_names(data_dir, dataset)
+  try:
+    indices = label_policy.resolve_classes(classes, names, task)
+  except ValueError as e:
+    raise ValueError(f'config.{e}') from None
+  policy = None
+  if pipelines.has_feature(data_dir, dataset, 'uncertain'):
+    policy = label_policy.check_policy(uncertain or 'ignore')
+  if indices is not None:
+    names = tuple(names[i] for i in indices)
+  return TaskData(data_dir, dataset, names, sizes, indices, policy)
 
 
 # --- label subsets ------------------------------------------------------------------
@@ -123,13 +159,17 @@ def loader(config, data: TaskData, split: str, *, train: bool,
            segmentation: bool = False):
   """A grain loader of one split (training: shuffled, augmented; `indices`: a subset)."""
   from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
-  make = pipelines.segmentation_loader if segmentation else pipelines.classification_loader
   if batch_size is None:
     batch_size = config.batch_size if train else config.eval_batch_size
-  return make(data.data_dir, data.dataset, split=split, image_size=config.image_size,
-              batch_size=batch_size, seed=seed, train=train, indices=indices,
-              worker_count=config.worker_count, num_epochs=num_epochs,
-              aug=augment_config(config.augment), shard_index=0, shard_count=1)
+  common = dict(split=split, image_size=config.image_size, batch_size=batch_size, seed=seed,
+                train=train, indices=indices, worker_count=config.worker_count,
+                num_epochs=num_epochs, aug=augment_config(config.augment), shard_index=0,
+                shard_count=1)
+  if segmentation:
+    return pipelines.segmentation_loader(data.data_dir, data.dataset, **common)
+  return pipelines.classification_loader(data.data_dir, data.dataset, **common,
+                                         uncertain=data.uncertain or 'ignore',
+                                         classes=data.class_indices)
 
 
 def bn_calibration_images(config, data: TaskData) -> Iterable[np.ndarray]:
@@ -179,14 +219,20 @@ def file_names(batch: dict, keep) -> list:
 
 def collect(batches: Iterable[dict], fn: Callable[[Any], Any],
             target: str = 'label') -> tuple[np.ndarray, np.ndarray, list]:
-  """Runs fn over each batch's images; keeps real rows: (outputs, targets, file names)."""
+  """Runs fn over each batch's images; keeps real rows: (outputs, targets, file names).
+
+  Masked labels (label_mask False) come back as NaN, which the metrics leave out.
+  """
   outputs, targets, names = [], [], []
   for batch in batches:
     keep = np.asarray(batch['mask'], bool)
     if not keep.any():
       continue
     outputs.append(np.asarray(fn(batch['image']))[keep])
-    targets.append(np.asarray(batch[target])[keep])
+    values = np.asarray(batch[target])
+    if target == 'label' and 'label_mask' in batch:
+      values = np.where(np.asarray(batch['label_mask'], bool), values, np.nan)
+    targets.append(values[keep])
     names += file_names(batch, keep)
   if not outputs:
     raise ValueError('a split yielded no batches')

@@ -293,13 +293,15 @@ class TrunkStatistics:
             'batch_stats': {**variables['batch_stats'], name: stats}}, images
 
 
-def existing_record(workdir: str, stem: str, source: str) -> Optional[dict]:
+def existing_record(workdir: str, stem: str, source: str,
+                    label_policy: Optional[dict] = None) -> Optional[dict]:
   """The record a previous invocation wrote for this run, if it is whole.
 
   A damaged record, or one whose predictions or saved model no longer
   restore, is moved aside (`<file>.corrupt-<time>`) with a warning naming it,
   and the run is redone. A record of another checkpoint under the same name
-  is an error rather than a silent mix of two models' results.
+  is an error rather than a silent mix of two models' results; so is one
+  read with another uncertainty policy or other classes (`label_policy`).
   """
   path = os.path.join(workdir, stem + '.json')
   if not os.path.exists(path):
@@ -319,6 +321,10 @@ def existing_record(workdir: str, stem: str, source: str) -> Optional[dict]:
   if record['checkpoint'] != source:
     raise ValueError(f'{path} holds a run of checkpoint {record["checkpoint"]}, not {source}; '
                      'use another --workdir or --config.skip_existing=False to redo it')
+  held = record.get('label_policy')
+  if label_policy is not None and held is not None and held != label_policy:
+    raise ValueError(f'{path} holds a run with labels {held}, not {label_policy}; use another '
+                     '--workdir or --config.name')
   logging.info('%s exists; skipping that run', path)
   return record
 
@@ -332,7 +338,8 @@ def run(config, workdir: str, task) -> list[dict]:
   task.check_config(config)
   encoder = encoder_lib.load_encoder(config.checkpoint, config.encoder.context_blocks,
                                      config.encoder.model_variant)
-  data = data_lib.open_task_data(config.data_dir, config.task)
+  data = data_lib.open_task_data(config.data_dir, config.task, uncertain=config.get('uncertain'),
+                                 classes=config.get('classes'))
   if not data.sizes['test']:
     raise ValueError(f'{data.dataset} in {data.data_dir}: the test split is empty')
   workdir = os.path.abspath(workdir)
@@ -348,7 +355,8 @@ def run(config, workdir: str, task) -> list[dict]:
       stem = records.record_stem(dict(task=config.task, protocol=config.protocol,
                                       label_fraction=fraction, seed=seed,
                                       name=config.name or None))
-      done = existing_record(workdir, stem, encoder.source) if config.skip_existing else None
+      done = (existing_record(workdir, stem, encoder.source, data.label_record())
+              if config.skip_existing else None)
       if done is None:
         done = run_one(config, task, programs, encoder, data, statistics, fraction, seed,
                        workdir, stem)

@@ -13,6 +13,9 @@ Conventions:
   * A class whose labels hold a single value has no ROC curve; its AUC is NaN
     (with a `SingleValuedClassWarning`) and means skip it (nanmean). This
     happens with small label fractions or small splits (e.g. Hernia in NIH).
+  * A NaN label is a masked entry (CheXpert's uncertain labels under the
+    'ignore' policy): AUCs, accuracy and the bootstraps leave that row out
+    of that class only.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ def _check_labels_scores(labels, scores) -> tuple[np.ndarray, np.ndarray]:
         f'labels {labels.shape} and scores {scores.shape} must have one shape')
   if labels.shape[0] == 0:
     raise ValueError('labels and scores are empty (N = 0)')
-  if not np.all((labels == 0) | (labels == 1)):
-    raise ValueError('labels must be 0 or 1')
+  if not np.all((labels == 0) | (labels == 1) | np.isnan(labels)):
+    raise ValueError('labels must be 0 or 1 (or NaN: a masked label)')
   if not np.all(np.isfinite(scores)):
     raise ValueError('scores contain NaN or infinite values')
   return labels, scores
@@ -64,10 +67,11 @@ def per_class_auc(labels, scores,
 
   Computed as the Mann-Whitney statistic on average ranks, which counts tied
   scores as half a correct ordering and so equals the trapezoidal ROC area
-  (scikit-learn's `roc_auc_score`).
+  (scikit-learn's `roc_auc_score`). Rows whose label is NaN (masked) are left
+  out of that class.
 
   Args:
-    labels: (N, K) or (N,) array of 0/1.
+    labels: (N, K) or (N,) array of 0/1 (NaN: masked).
     scores: same shape, real-valued.
     class_names: optional K names, used only in warnings.
 
@@ -78,18 +82,22 @@ def per_class_auc(labels, scores,
   if class_names is not None and len(class_names) != labels.shape[1]:
     raise ValueError(f'class_names has {len(class_names)} names for '
                      f'{labels.shape[1]} classes')
-  n_pos = labels.sum(axis=0)
-  n_neg = labels.shape[0] - n_pos
-  ranks = stats.rankdata(scores, axis=0)  # average ranks for ties
+  labelled = ~np.isnan(labels)
+  # Masked rows rank above every labelled one (+inf), so they shift no rank.
+  ranks = stats.rankdata(np.where(labelled, scores, np.inf), axis=0)  # average for ties
+  positive = labels == 1
+  n_pos = positive.sum(axis=0)
+  n_neg = labelled.sum(axis=0) - n_pos
   with np.errstate(divide='ignore', invalid='ignore'):
-    auc = ((ranks * labels).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (
+    auc = ((ranks * positive).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (
         n_pos * n_neg)
   for k in np.flatnonzero((n_pos == 0) | (n_neg == 0)):
-    value = int(labels[0, k])
+    count = int(labelled[:, k].sum())
+    what = (f'all {count} labels are {int(n_pos[k] > 0)}' if count else
+            f'all {labels.shape[0]} labels are masked')
     warnings.warn(
-        f'AUC undefined for class {_class_name(class_names, k)}: all '
-        f'{labels.shape[0]} labels are {value}; reported as NaN and left out '
-        'of the mean', SingleValuedClassWarning, stacklevel=2)
+        f'AUC undefined for class {_class_name(class_names, k)}: {what}; '
+        'reported as NaN and left out of the mean', SingleValuedClassWarning, stacklevel=2)
     auc[k] = np.nan
   return auc
 
@@ -119,7 +127,10 @@ def accuracy(labels, scores, threshold: float = 0.5) -> float:
   if labels.shape[1] != 1:
     raise ValueError('accuracy is for one binary output; got '
                      f'{labels.shape[1]} classes')
-  return float(np.mean((scores > threshold) == (labels == 1)))
+  keep = ~np.isnan(labels)
+  if not keep.any():
+    return float('nan')
+  return float(np.mean((scores[keep] > threshold) == (labels[keep] == 1)))
 
 
 def classification_summary(labels, scores,
@@ -202,7 +213,7 @@ def bootstrap_ci(labels, scores, metric_fn: Callable[..., float],
   checked = None
   if skip_single_valued:
     as_2d = _as_2d(labels, 'labels')
-    both = (as_2d.min(axis=0) == 0) & (as_2d.max(axis=0) == 1)
+    both = (as_2d == 0).any(axis=0) & (as_2d == 1).any(axis=0)
     checked = as_2d[:, both]
   rng = np.random.default_rng(seed)
   values = []
@@ -211,8 +222,9 @@ def bootstrap_ci(labels, scores, metric_fn: Callable[..., float],
     for _ in range(n_boot):
       idx = rng.integers(0, n, size=n)
       if checked is not None and checked.shape[1]:
-        positives = checked[idx].sum(axis=0)
-        if np.any(positives == 0) or np.any(positives == n):
+        drawn = checked[idx]
+        positives = (drawn == 1).sum(axis=0)
+        if np.any(positives == 0) or np.any((drawn == 0).sum(axis=0) == 0):
           continue
       value = float(metric_fn(labels[idx], scores[idx]))
       if not np.isnan(value):
@@ -230,12 +242,13 @@ def _weighted_mean_auc(labels: np.ndarray, scores: np.ndarray) -> Callable:
   data are kept (as in `bootstrap_ci`).
   """
   n, _ = labels.shape
-  both = (labels.min(axis=0) == 0) & (labels.max(axis=0) == 1)
+  both = (labels == 0).any(axis=0) & (labels == 1).any(axis=0)
   labels, scores = labels[:, both], scores[:, both]
   order = np.argsort(scores, axis=0, kind='stable')
   sorted_scores = np.take_along_axis(scores, order, axis=0)
-  sorted_pos = np.take_along_axis(labels, order, axis=0)
-  sorted_neg = 1.0 - sorted_pos
+  sorted_labels = np.take_along_axis(labels, order, axis=0)
+  sorted_pos = (sorted_labels == 1).astype(np.float64)  # masked (NaN): neither
+  sorted_neg = (sorted_labels == 0).astype(np.float64)
   # For each sorted position, the first and one-past-last position of its
   # block of tied scores.
   positions = np.arange(n)[:, None]

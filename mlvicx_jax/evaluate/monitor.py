@@ -1,7 +1,7 @@
 """The online k-NN monitor of pretraining: is the representation getting better?
 
 Every `monitor.every_steps` the pretraining loop embeds a seeded, labelled
-subset of NIH train (`monitor.train_examples`) and the validation split with
+subset of the train split (`monitor.train_examples`) and the validation split with
 the current network in inference mode, and scores a weighted k-NN classifier
 of the frozen `features` (knn.py: k = 20, cosine, votes exp(s / 0.07)) as
 mean AUC on validation. No probe is trained and no evaluation job is
@@ -38,14 +38,15 @@ def _local(tree):
 class KnnMonitor:
   """monitor(variables) -> {'knn/mean_auc': float}."""
 
-  def __init__(self, config, data_dir: str, model):
+  def __init__(self, config, data_dir: str, model, dataset: str = ''):
     self._cfg = config.monitor
-    self._data_dir, self._dataset = data_dir, config.dataset
+    self._data_dir, self._dataset = data_dir, dataset or config.dataset
     self._image_size = config.image_size
     self._seed = config.seed
     self._indices = {
-        'train': _subset(data_dir, config.dataset, 'train', self._cfg.train_examples, config.seed),
-        'validation': _subset(data_dir, config.dataset, 'validation', self._cfg.val_examples,
+        'train': _subset(data_dir, self._dataset, 'train', self._cfg.train_examples,
+                         config.seed),
+        'validation': _subset(data_dir, self._dataset, 'validation', self._cfg.val_examples,
                               config.seed)}
     self._embed = jax.jit(lambda variables, images: model.apply(
         variables, images, train=False)['features'])

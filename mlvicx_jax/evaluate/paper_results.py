@@ -6,7 +6,7 @@ ones. Each table keeps the paper's row layout to make checking against the
 paper easy; use the accessors rather than the dicts.
 
 Names used throughout the project:
-  task: 'nih' | 'vinbig' | 'rsna' | 'siim'
+  task: 'nih' | 'vinbig' | 'rsna' | 'siim' | 'chexpert' (not in the paper)
   protocol: 'frozen' (linear probe on a frozen backbone) | 'finetune'
   fraction: label fraction as a float, 0.01 | 0.1 | 0.3 | 1.0 ('ALL')
 """
@@ -25,15 +25,17 @@ OURS = 'MLVICX'
 PAPER_ROWS = {'mlvicx': 'MLVICX', 'vicreg': 'VicReg', 'barlow_twins': 'Barlow-Twins',
               'simclr': 'SimCLR', 'moco_v2': 'MoCov2', 'byol': 'BYOL', 'simsiam': 'SimSiam',
               'random': 'Rand. Init'}
-TASKS = ('nih', 'vinbig', 'rsna', 'siim')
+TASKS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert')
 PROTOCOLS = ('frozen', 'finetune')
 FRACTIONS = (0.01, 0.1, 0.3, 1.0)
 
 # The metric the paper reports per task (record `metric_name` values).
 PAPER_METRIC = {'nih': 'mean_auc', 'vinbig': 'mean_auc',
-                'rsna': 'accuracy', 'siim': 'dice'}
+                'rsna': 'accuracy', 'siim': 'dice',
+                'chexpert': 'mean_auc'}  # CheXpert: not in the paper; the usual metric
 TASK_TITLES = {'nih': 'NIH ChestX-ray14', 'vinbig': 'VinBig-CXR',
-               'rsna': 'RSNA Pneumonia', 'siim': 'SIIM-ACR Pneumothorax'}
+               'rsna': 'RSNA Pneumonia', 'siim': 'SIIM-ACR Pneumothorax',
+               'chexpert': 'CheXpert'}
 PROTOCOL_TITLES = {'frozen': 'frozen (linear probe)', 'finetune': 'fine-tune'}
 PROTOCOL_SHORT = {'frozen': 'frozen', 'finetune': 'fine-tune'}
 
@@ -148,6 +150,7 @@ _TASK_ALIASES = {
     'vinbig': 'vinbig', 'vinbigcxr': 'vinbig', 'vindrcxr': 'vinbig',
     'rsna': 'rsna', 'rsnapneumonia': 'rsna',
     'siim': 'siim', 'siimacr': 'siim',
+    'chexpert': 'chexpert',
 }
 _PROTOCOL_ALIASES = {'frozen': 'frozen', 'finetune': 'finetune'}
 _ABLATION_ALIASES = {'ll': 'L_L', 'lg': 'L_G', 'lgll': 'L_G+L_L',
@@ -302,9 +305,11 @@ def paper_row(method: str | None) -> str:
   return PAPER_ROWS.get(method, OURS)
 
 
-def paper_table_for(task: str, protocol: str) -> str:
-  """Which table reports `task` under `protocol`: 'I', 'II' or 'III'."""
+def paper_table_for(task: str, protocol: str) -> str | None:
+  """Which table reports `task` under `protocol`: 'I', 'II', 'III' or None (CheXpert)."""
   task, protocol = normalize_task(task), normalize_protocol(protocol)
+  if task == 'chexpert':
+    return None
   if task == 'siim':
     return 'III'
   if (task, protocol) == ('nih', 'finetune'):
@@ -322,6 +327,8 @@ def paper_reference(task: str, protocol: str, fraction: Union[float, str],
   """
   table = paper_table_for(task, protocol)
   method = normalize_method(method)
+  if table is None:
+    return None
   try:
     fraction = normalize_fraction(fraction)
   except ValueError:

@@ -59,10 +59,11 @@ def plot_roc_curves(labels, scores, class_names: Sequence[str] | None,
   ax = fig.add_subplot(1, 1, 1)
   cmap = matplotlib.colormaps['tab20']
   for k in range(n_classes):
-    y = labels[:, k]
-    if y.min() == y.max():
+    keep = ~np.isnan(labels[:, k])  # NaN: a masked label (CheXpert 'ignore')
+    y = labels[keep, k]
+    if not y.size or y.min() == y.max():
       continue  # no ROC curve without both label values
-    fpr, tpr, _ = sk_metrics.roc_curve(y, scores[:, k])
+    fpr, tpr, _ = sk_metrics.roc_curve(y, scores[keep, k])
     auc = sk_metrics.auc(fpr, tpr)
     ax.plot(fpr, tpr, lw=1.2, color=cmap(k % 20),
             label=f'{class_names[k]} ({auc:.3f})')

@@ -9,7 +9,7 @@ report) cannot drift apart.
 Record schema (version 1), JSON:
 
   schema_version  1
-  task            'nih' | 'vinbig' | 'rsna' | 'siim'
+  task            'nih' | 'vinbig' | 'rsna' | 'siim' | 'chexpert'
   protocol        'frozen' | 'finetune'
   label_fraction  float in (0, 1]; 1.0 is all labels
   seed            int; runs of two run sets are paired by it
@@ -24,9 +24,9 @@ Record schema (version 1), JSON:
   best_epoch      int|null: the epoch whose parameters were tested
   stop_epoch      int|null: the epoch early stopping ended training
   ci95            [low, high]|null: bootstrap CI of test[metric_name]
-  predictions     npz file name (same directory) holding 'labels' and 'scores' (N, K)
-                  [+ 'class_names'] (classification) or 'dice_counts' (N, 3): per image TP,
-                  predicted and true pixels (segmentation; older: 'per_image_dice'); or null
+  predictions     npz file name (same directory) holding 'labels' (NaN: masked) and 'scores'
+                  (N, K) [+ 'class_names'] (classification) or 'dice_counts' (N, 3): per image
+                  TP, predicted and true pixels (segmentation; older: 'per_image_dice'); or null
   floors          optional {metric: float in [0, 1]|null}: what an all-empty prediction
                   scores on the test split, per Dice (global 0, positive images 0, per image
                   the share of images whose truth is empty)
@@ -37,6 +37,8 @@ Record schema (version 1), JSON:
   label_subset    optional {'mode': 'fixed'|'per_seed', 'seed': int, 'positive_per_class':
                   bool, 'size': int, 'added_for_positives': int}: the labelled images
   selection_metric  optional str: the validation metric early stopping used
+  label_policy    optional {'uncertain': 'ignore'|'u_ones'|'u_zeros'|null, 'classes': [str]}:
+                  how uncertain labels were read (CheXpert) and which classes were used
   name            optional label of what was evaluated ('MLVICX 300 ep', 'PCRLv2'); rows
                   of the report are run set + name
   other keys      kept as they are (e.g. 'config')
@@ -305,7 +307,8 @@ def flatten_record(record: Mapping) -> dict:
              encoder_bn_statistics=encoder.get('bn_statistics'),
              encoder_method=encoder.get('method'),
              label_subset_mode=(record.get('label_subset') or {}).get('mode'),
-             selection_metric=record.get('selection_metric'))
+             selection_metric=record.get('selection_metric'),
+             uncertain=(record.get('label_policy') or {}).get('uncertain'))
   for cls, auc in (test.get('per_class_auc') or {}).items():
     row[f'test_auc_{cls}'] = auc
   return {k: _csv_value(v) for k, v in row.items()}

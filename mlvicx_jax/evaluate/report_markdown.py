@@ -52,7 +52,8 @@ def _paper_rows(task: str, protocol: str, fractions: Sequence[float],
 def classification_section(task, protocol, metric, rows, all_methods,
                             decimals) -> list[str]:
   fractions = sorted({r['fraction'] for r in rows})
-  paper_metric = metric == paper_results.PAPER_METRIC[task]
+  paper_metric = (metric == paper_results.PAPER_METRIC[task]
+                  and paper_results.paper_table_for(task, protocol) is not None)
   if paper_metric:
     fractions = sorted(set(fractions) | set(paper_results.FRACTIONS))
     table = paper_results.paper_table_for(task, protocol)
@@ -269,6 +270,9 @@ _PROTOCOL_FIELDS = (
     ('label_subset', 'label subset', describe_label_subset),
     ('selection_metric', 'selection',
      lambda m: f'early stopping on validation {METRIC_TITLES.get(m, m)}'),
+    ('label_policy', 'labels',
+     lambda p: f"uncertain policy {p.get('uncertain') or 'n/a'}; "
+               f"classes: {', '.join(p.get('classes') or [])}"),
 )
 
 

@@ -9,7 +9,7 @@ from mlvicx_jax import models
 from mlvicx_jax import optim
 from mlvicx_jax.data import augment
 from mlvicx_jax.data import device_augment
-from mlvicx_jax.data import info as data_info
+from mlvicx_jax.data import mixture
 from mlvicx_jax.optim import ema
 from mlvicx_jax.train import methods
 
@@ -59,9 +59,15 @@ def _check_method(config) -> None:
 
 def validate(config) -> None:
   """Raises ConfigError naming the first impossible field."""
-  _require(config.dataset in data_info.DATASETS, 'dataset',
-           f'unknown dataset {config.dataset!r}; expected one of {list(data_info.DATASETS)}')
-  _require(config.dataset == 'nih', 'dataset', 'pretraining uses NIH ChestX-ray14 images')
+  try:
+    components = mixture.parse(config.dataset)  # one build, or 'nih:1,chexpert:2'
+  except ValueError as e:
+    raise ConfigError(f'config.dataset: {e}') from e
+  synthetic = config.get('synthetic_images', 0) > 0 and not config.get('data_dir', '')
+  _require(not synthetic or (len(components) == 1 and components[0].name != 'folder'),
+           'data_dir', f'empty, and synthetic images are made for one named dataset, not for '
+           f'{config.dataset!r}; set config.data_dir to a folder written by '
+           'python -m mlvicx_jax.data.prepare')
   devices = jax.device_count()
   _require(config.global_batch_size > 1, 'global_batch_size', 'must be at least 2 (VICReg statistics)')
   _require(config.global_batch_size % devices == 0, 'global_batch_size',

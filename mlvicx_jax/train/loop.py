@@ -199,6 +199,8 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
   data_dir = train_data.check_data_dir(config)
+  monitor_every = config.monitor.every_steps if 'monitor' in config else 0
+  monitored_set = train_data.monitor_dataset(data_dir, config) if monitor_every > 0 else ''
   num_examples = train_data.num_train_examples(data_dir, config)
   steps_per_epoch = num_examples // config.global_batch_size
   if steps_per_epoch == 0:
@@ -255,8 +257,8 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                        config.inject_nan_at_step),
                        in_shardings=(replicated, batch_sharding),
                        out_shardings=(replicated, replicated), donate_argnums=0)
-  monitor_every = config.monitor.every_steps if 'monitor' in config else 0
-  knn_monitor = monitor.KnnMonitor(config, data_dir, model) if monitor_every > 0 else None
+  knn_monitor = (monitor.KnnMonitor(config, data_dir, model, monitored_set)
+                 if monitor_every > 0 else None)
   monitored = {}  # the latest monitor values, written with the next logged step
   writer = metrics_log.MetricsWriter(workdir, total_steps, initial_step=start)
   preemption = _Preemption()

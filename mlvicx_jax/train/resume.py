@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 
 from mlvicx_jax import checkpoint
 from mlvicx_jax.data import augment
+from mlvicx_jax.data import mixture
 
 FREE_FIELDS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
                'keep_last_checkpoints', 'keep_every_steps', 'async_checkpointing',
@@ -83,6 +84,10 @@ def _comparable(run_config: dict) -> dict:
     run_config['model'] = checkpoint.config_to_json(
         checkpoint.model_config_from_json(run_config['model']))
   run_config.setdefault('method', 'mlvicx')
+  try:  # the same mixture written differently ('nih:1, chexpert:2') is the same stream
+    run_config['dataset'] = mixture.canonical(run_config['dataset'])
+  except (KeyError, ValueError):
+    pass
   if isinstance(run_config.get('aug'), dict):
     run_config['aug'] = dict(run_config['aug'], on=augment.placement(run_config['aug']))
   return flatten(run_config)

@@ -4,6 +4,8 @@
             the skipped.json report
   nih       NIH ChestX-ray14        vinbig    VinDr-CXR
   rsna      RSNA Pneumonia          siim      SIIM-ACR Pneumothorax
+  chexpert  CheXpert (uncertain labels kept apart)
+  folder    any tree of PNG/JPEG/DICOM, labels from an optional CSV
 
 Run them through `python -m mlvicx_jax.data.prepare` (the `tfds build` CLI
 needs TensorFlow).
@@ -17,29 +19,44 @@ from mlvicx_jax.data.builders.base import SKIPPED_REPORT
 from mlvicx_jax.data.builders.base import SourceRecord
 from mlvicx_jax.data.builders.base import VINBIG_LABEL_RULES
 from mlvicx_jax.data.builders.base import XrayConfig
+from mlvicx_jax.data.builders.chexpert import Chexpert
+from mlvicx_jax.data.builders.folder import Folder
 from mlvicx_jax.data.builders.nih import Nih
 from mlvicx_jax.data.builders.rsna import Rsna
 from mlvicx_jax.data.builders.siim import Siim
 from mlvicx_jax.data.builders.vinbig import Vinbig
 from mlvicx_jax.data.builders.vinbig import vinbig_label
 
-BUILDERS = {'nih': Nih, 'vinbig': Vinbig, 'rsna': Rsna, 'siim': Siim}
+BUILDERS = {'nih': Nih, 'vinbig': Vinbig, 'rsna': Rsna, 'siim': Siim, 'chexpert': Chexpert,
+            'folder': Folder}
 
 
 def make_config(dataset: str, image_size: int = info_lib.DEFAULT_IMAGE_SIZE,
                 seed: int = 0, label_rule: str = 'any',
                 validation_fraction: float | None = None,
                 test_fraction: float | None = None,
-                image_encoding: str = 'raw') -> XrayConfig:
+                image_encoding: str = 'raw', frontal_only: bool = False,
+                labels_csv: str = '') -> XrayConfig:
   """The config of a build (a predefined one when the options are defaults)."""
+  if frontal_only and dataset != 'chexpert':
+    raise ValueError(f'frontal_only is a CheXpert option, not one of {dataset!r}')
+  if labels_csv and dataset != 'folder':
+    raise ValueError(f'labels_csv is a folder option, not one of {dataset!r}')
+  if dataset == 'folder':  # Its default fractions depend on whether it has labels.
+    from mlvicx_jax.data.builders import folder  # pylint: disable=g-import-not-at-top
+    return folder.folder_config(image_size, seed, validation_fraction, test_fraction,
+                                image_encoding, labels_csv)
   from mlvicx_jax.data.builders import base  # pylint: disable=g-import-not-at-top
   builder = BUILDERS[dataset]
   config = base.build_config(builder.DEFAULT_FRACTIONS, dataset == 'vinbig', image_size, seed,
                              label_rule, validation_fraction, test_fraction, image_encoding)
+  if dataset == 'chexpert':
+    from mlvicx_jax.data.builders import chexpert  # pylint: disable=g-import-not-at-top
+    config = chexpert.chexpert_config(config, frontal_only)
   predefined = {c.name: c for c in builder.BUILDER_CONFIGS}
   return predefined.get(config.name, config)
 
 
-__all__ = ['BUILDERS', 'IMAGE_ENCODINGS', 'MissingInputError', 'Nih', 'Rsna', 'SKIPPED_REPORT',
-           'Siim', 'SourceRecord', 'VINBIG_LABEL_RULES', 'Vinbig', 'XrayConfig', 'make_config',
-           'vinbig_label']
+__all__ = ['BUILDERS', 'Chexpert', 'Folder', 'IMAGE_ENCODINGS', 'MissingInputError', 'Nih', 'Rsna',
+           'SKIPPED_REPORT', 'Siim', 'SourceRecord', 'VINBIG_LABEL_RULES', 'Vinbig', 'XrayConfig',
+           'make_config', 'vinbig_label']
