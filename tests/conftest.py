@@ -44,6 +44,17 @@ def nih_data_dir(synthetic_root):
 
 
 @pytest.fixture(scope='session')
+def mixture_data_dir(nih_data_dir, synthetic_root):
+  """A data_dir with the shared NIH build (linked) and a folder build of the same films."""
+  from mlvicx_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  root = synthetic_root / 'mixture'
+  root.mkdir()
+  os.symlink(os.path.join(nih_data_dir, 'nih'), root / 'nih')
+  prepare.prepare('folder', str(synthetic_root / 'raw_nih'), str(root), image_size=STORED_SIZE)
+  return str(root)
+
+
+@pytest.fixture(scope='session')
 def siim_data_dir(synthetic_root, nih_data_dir):
   """40 synthetic SIIM films (balanced, with RLE masks) in the same data_dir."""
   from mlvicx_jax.data import prepare  # pylint: disable=g-import-not-at-top

@@ -170,14 +170,16 @@ def test_augmentation_placement_is_checked(field, value, on, named):
   config_check.validate(config)
 
 
-def test_two_processes_match_one_process(data_dir, tmp_path):
+def test_two_processes_match_one_process(mixture_data_dir, tmp_path):
   """2 processes x 2 CPU devices (gloo) == 1 process x 4 devices, same global batches,
-  also after both fell back from a damaged checkpoint.
+  also after both fell back from a damaged checkpoint; on a 1:3 mixture of two
+  builds, whose stream is the one that has to stay process-count independent.
 
   The plain trunk is used: with context blocks, max-op ties make some
   gradients change under any float reordering (see test_sharding.py).
   """
-  flags = [f'--config.data_dir={data_dir}', '--config.num_train_steps=3',
+  flags = [f'--config.data_dir={mixture_data_dir}', '--config.dataset=nih:1,folder:3',
+           '--config.num_train_steps=3',
            '--config.checkpoint_every_steps=2', '--config.model.context_blocks=False']
   multi = str(tmp_path / 'multi')
   launch = ['bash', 'launch/local_cpu.sh', multi, '--config=configs/nih.py:smoke', *flags]

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from conftest import STORED_SIZE
 from mlvicx_jax.data import augment
 from mlvicx_jax.data import mixture
 from mlvicx_jax.data import pipelines
@@ -21,12 +20,8 @@ SPLIT = 'train+validation'
 
 
 @pytest.fixture(scope='module')
-def data_dir(nih_data_dir, synthetic_root, tmp_path_factory):
-  root = tmp_path_factory.mktemp('mixture')
-  os.symlink(os.path.join(nih_data_dir, 'nih'), root / 'nih')
-  prepare_lib.prepare('folder', str(synthetic_root / 'raw_nih'), str(root),
-                      image_size=STORED_SIZE)
-  return str(root)
+def data_dir(mixture_data_dir):
+  return mixture_data_dir
 
 
 def _names(ds, count):
