@@ -297,3 +297,22 @@ def test_decoding_in_a_worker_process_gives_the_same_build(tmp_path):
     for a, b in zip(records(serial[split]), records(pooled[split])):
       assert a['file_name'] == b['file_name']
       np.testing.assert_array_equal(a['image'], b['image'])
+
+
+@pytest.mark.parametrize('dataset', sorted(builders.BUILDERS))
+def test_default_options_give_the_predefined_config(dataset):
+  """tfds refuses a fresh config named like a predefined one (a default-option build)."""
+  config = builders.make_config(dataset)
+  assert any(config is c for c in builders.BUILDERS[dataset].BUILDER_CONFIGS), config.name
+
+
+def test_folder_builds_at_the_default_size(tmp_path):
+  tree = tmp_path / 'tree'
+  tree.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    Image.fromarray(rng.integers(0, 256, (40, 30), dtype=np.uint8)).save(tree / f'{i}.png')
+  path = prepare_lib.prepare('folder', str(tree), str(tmp_path / 'out'))
+  assert path.parent.name == 's256'
+  source = pipelines.data_source(str(tmp_path / 'out'), 'folder', 'train')
+  assert source[0]['image'].shape == (256, 256, 1)

@@ -42,17 +42,19 @@ def make_config(dataset: str, image_size: int = info_lib.DEFAULT_IMAGE_SIZE,
     raise ValueError(f'frontal_only is a CheXpert option, not one of {dataset!r}')
   if labels_csv and dataset != 'folder':
     raise ValueError(f'labels_csv is a folder option, not one of {dataset!r}')
-  if dataset == 'folder':  # Its default fractions depend on whether it has labels.
-    from mlvicx_jax.data.builders import folder  # pylint: disable=g-import-not-at-top
-    return folder.folder_config(image_size, seed, validation_fraction, test_fraction,
-                                image_encoding, labels_csv)
   from mlvicx_jax.data.builders import base  # pylint: disable=g-import-not-at-top
   builder = BUILDERS[dataset]
-  config = base.build_config(builder.DEFAULT_FRACTIONS, dataset == 'vinbig', image_size, seed,
-                             label_rule, validation_fraction, test_fraction, image_encoding)
+  if dataset == 'folder':  # Its default fractions depend on whether it has labels.
+    from mlvicx_jax.data.builders import folder  # pylint: disable=g-import-not-at-top
+    config = folder.folder_config(image_size, seed, validation_fraction, test_fraction,
+                                  image_encoding, labels_csv)
+  else:
+    config = base.build_config(builder.DEFAULT_FRACTIONS, dataset == 'vinbig', image_size, seed,
+                               label_rule, validation_fraction, test_fraction, image_encoding)
   if dataset == 'chexpert':
     from mlvicx_jax.data.builders import chexpert  # pylint: disable=g-import-not-at-top
     config = chexpert.chexpert_config(config, frontal_only)
+  # tfds refuses a new config object named like a predefined one.
   predefined = {c.name: c for c in builder.BUILDER_CONFIGS}
   return predefined.get(config.name, config)
 
