@@ -403,11 +403,16 @@ def _write_csv(path: str, header: Sequence[str], rows) -> None:
     writer.writerows(rows)
 
 
+# The datasets with a fixed layout ('folder' reads any tree).
+LAYOUTS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert')
+
+
 def generate(dataset: str, out: str, num_images: int, seed: int = 0,
              image_size: int = 256, nih_layout: str = 'images') -> dict:
   """Writes `num_images` synthetic images of `dataset` into `out`; returns counts."""
-  if dataset not in info_lib.DATASETS:
-    raise ValueError(f'unknown dataset {dataset!r}; expected one of {info_lib.DATASETS}')
+  if dataset not in LAYOUTS:
+    raise ValueError(f'no synthetic layout for {dataset!r}; expected one of {LAYOUTS} '
+                     '(a folder build reads any tree, e.g. the images/ of a synthetic NIH)')
   if nih_layout not in ('images', 'kaggle'):
     raise ValueError(f"nih_layout must be 'images' or 'kaggle', got {nih_layout!r}")
   os.makedirs(out, exist_ok=True)
@@ -423,7 +428,7 @@ def generate(dataset: str, out: str, num_images: int, seed: int = 0,
 
 def _define_flags():
   """CLI flags, defined only when run as a program (modules share absl's FLAGS)."""
-  flags.DEFINE_enum('dataset', None, list(info_lib.DATASETS), 'Layout to write.')
+  flags.DEFINE_enum('dataset', None, list(LAYOUTS), 'Layout to write.')
   flags.DEFINE_string('out', None, 'Output folder (a manual_dir for prepare).')
   flags.DEFINE_integer('num_images', 200, 'Number of images.')
   flags.DEFINE_integer('seed', 0, 'Random seed.')
