@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mlvicx_jax.data import augment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mlvicx_jax.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -80,7 +81,7 @@ def main(argv):
       synthetic.generate('nih', raw, _NUM_IMAGES.value, seed=0, image_size=_STORED_SIZE.value)
       prepare_lib.prepare('nih', raw, data_dir, image_size=_STORED_SIZE.value)
       dataset = 'nih'
-    count = pipelines.num_examples(data_dir, dataset, _SPLIT.value)
+    count = sources.num_examples(data_dir, dataset, _SPLIT.value)
     print(f'\n{dataset} {_SPLIT.value}: {count} images -> two {_IMAGE_SIZE.value}px views, '
           f'batch {_BATCH_SIZE.value}, {os.cpu_count()} CPUs')
     print('| aug.on | grain workers | pairs/s | host CPU ms/pair |')

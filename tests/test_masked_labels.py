@@ -142,8 +142,8 @@ def chexpert_dir(tmp_path_factory):
 
 def _stored(data_dir, split):
   """(file names, labels, uncertain) (N, 14) as stored, read without the code under test."""
-  from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
-  source = pipelines.data_source(data_dir, 'chexpert', split)
+  from mlvicx_jax.data import sources  # pylint: disable=g-import-not-at-top
+  source = sources.data_source(data_dir, 'chexpert', split)
   records = [source[i] for i in range(len(source))]
   return ([r['file_name'].decode() for r in records],
           np.stack([r['label'] for r in records]), np.stack([r['uncertain'] for r in records]))

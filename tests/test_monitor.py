@@ -9,6 +9,7 @@ import pytest
 from conftest import load_config
 from mlvicx_jax import pretrained
 from mlvicx_jax.data import pipelines
+from mlvicx_jax.data import sources
 from mlvicx_jax.data import splits
 from mlvicx_jax.evaluate import knn
 from mlvicx_jax.train import loop
@@ -47,7 +48,7 @@ def test_monitor_logs_the_knn_auc_of_the_current_network(nih_data_dir, tmp_path)
   assert all(np.isfinite(r['loss']) for r in logged)
 
   encoder = pretrained.load(workdir)
-  names = pipelines.file_names(nih_data_dir, 'nih', 'train')
+  names = sources.file_names(nih_data_dir, 'nih', 'train')
   train_idx = splits.label_fraction_indices(names, TRAIN_EXAMPLES / len(names), config.seed)
   assert len(train_idx) == TRAIN_EXAMPLES
   train_x, train_y = _images_and_labels(nih_data_dir, 'train', train_idx, config.image_size)

@@ -71,7 +71,7 @@ _INFOS = {
     'chexpert': DatasetInfo('chexpert', CHEXPERT_CLASSES, 'multilabel',
                             ('train', 'validation', 'test'), False, True),
     # Any tree of radiographs: its classes (none without --labels_csv) are
-    # those of the build, read from the build's metadata (pipelines.class_names).
+    # those of the build, read from the build's metadata (sources.class_names).
     'folder': DatasetInfo('folder', (), 'multilabel',
                           ('train', 'validation', 'test'), False, False),
 }

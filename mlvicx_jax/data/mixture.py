@@ -29,6 +29,7 @@ import math
 import grain
 
 from mlvicx_jax.data import info as info_lib
+from mlvicx_jax.data import sources
 from mlvicx_jax.data import splits as splits_lib
 
 
@@ -88,11 +89,10 @@ def check_prepared(data_dir: str, spec: str) -> list[str]:
 
   Stored image sizes must agree: batches stack the stored images (aug.on='device').
   """
-  from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
   components = parse(spec)
-  resolved = [pipelines.resolve_dataset(data_dir, c.dataset) for c in components]
+  resolved = [sources.resolve_dataset(data_dir, c.dataset) for c in components]
   if len(resolved) > 1:
-    sizes = {name: stored_image_size(data_dir, name) for name in resolved}
+    sizes = {name: sources.stored_image_size(data_dir, name) for name in resolved}
     first = resolved[0]
     for name in resolved[1:]:
       if sizes[name] != sizes[first]:
@@ -101,16 +101,9 @@ def check_prepared(data_dir: str, spec: str) -> list[str]:
   return resolved
 
 
-def stored_image_size(data_dir: str, dataset: str) -> int:
-  from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
-  info = pipelines._read_only_builder(data_dir, dataset).info  # pylint: disable=protected-access
-  return int(info.features['image'].shape[0])
-
-
 def num_examples(data_dir: str, spec: str, split: str) -> int:
   """Positions in one epoch: the sum of the components' split sizes."""
-  from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
-  return sum(pipelines.num_examples(data_dir, c.dataset, split) for c in parse(spec))
+  return sum(sources.num_examples(data_dir, c.dataset, split) for c in parse(spec))
 
 
 def records(data_dir: str, spec: str, *, split: str, seed: int,
@@ -119,13 +112,12 @@ def records(data_dir: str, spec: str, *, split: str, seed: int,
 
   num_epochs=None streams forever; otherwise num_epochs * num_examples positions.
   """
-  from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
   components = parse(spec)
   check_prepared(data_dir, spec)
-  sources = [pipelines.data_source(data_dir, c.dataset, split) for c in components]
+  splits = [sources.data_source(data_dir, c.dataset, split) for c in components]
   parts = [grain.MapDataset.source(source).shuffle(seed=component_seed(seed, i)).repeat()
-           for i, source in enumerate(sources)]
+           for i, source in enumerate(splits)]
   ds = grain.MapDataset.mix(parts, [c.weight for c in components])
   if num_epochs is not None:
-    ds = ds[:num_epochs * sum(len(s) for s in sources)]
+    ds = ds[:num_epochs * sum(len(s) for s in splits)]
   return ds

@@ -19,14 +19,12 @@ every example exactly once; every process gets the same number of batches.
 Each process reads its own shard (by default jax.process_index() of
 jax.process_count()); B is the per-process batch.
 
-`dataset` is 'nih', 'vinbig', 'rsna' or 'siim' (the one build under
-data_dir, or its default config 's256' / 's256_any'), or 'name/config' such
-as 'nih/s128' or 'vinbig/s256_majority'.
+`dataset` names a build as in sources.py; pretrain_loader also takes a
+weighted mixture of builds ('nih:1,chexpert:2', mixture.py).
 """
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
 import grain
@@ -35,138 +33,11 @@ import numpy as np
 from mlvicx_jax.data import augment
 from mlvicx_jax.data import info as info_lib
 from mlvicx_jax.data import label_policy
+from mlvicx_jax.data import sources
 from mlvicx_jax.data import splits as splits_lib
 
 label_fraction_indices = splits_lib.label_fraction_indices
 dataset_info = info_lib.dataset_info
-
-
-# ----------------------------------------------------------------------------
-# Sources.
-
-
-def resolve_dataset(data_dir: str, dataset: str) -> str:
-  """'name' or 'name/config' -> the 'name/config' built under data_dir."""
-  name, _, config = dataset.partition('/')
-  info_lib.dataset_info(name)  # Validates the name.
-  if config:
-    return dataset
-  root = os.path.join(data_dir, name)
-  built = sorted(c for c in (os.listdir(root) if os.path.isdir(root) else [])
-                 if not c.startswith('.') and os.path.isdir(os.path.join(root, c)))
-  if len(built) == 1:
-    return f'{name}/{built[0]}'
-  for default in ('s256', 's256_any'):
-    if default in built:
-      return f'{name}/{default}'
-  if not built:
-    raise FileNotFoundError(
-        f'no build of {name!r} under {root}; run python -m mlvicx_jax.data.prepare '
-        f'--dataset={name} --manual_dir=RAW --data_dir={data_dir}')
-  raise ValueError(f'several builds of {name!r} under {root}: {built}; '
-                   f'pass dataset="{name}/<config>"')
-
-
-def _read_only_builder(data_dir: str, dataset: str):
-  """The build's own description (the newest version folder), not this code's.
-
-  So raw (1.1.0) and PNG (1.0.0) builds read alike, whatever builder code
-  this process has registered.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  name = resolve_dataset(data_dir, dataset)
-  folder = os.path.join(data_dir, name)
-  versions = sorted((v for v in (os.listdir(folder) if os.path.isdir(folder) else [])
-                     if tfds.core.Version.is_valid(v)), key=tfds.core.Version)
-  if not versions:
-    raise FileNotFoundError(f'no finished build in {folder}; run python -m '
-                            f'mlvicx_jax.data.prepare --dataset={name.split("/")[0]} '
-                            f'--manual_dir=RAW --data_dir={data_dir}')
-  return tfds.builder_from_directory(os.path.join(folder, versions[-1]))
-
-
-def data_source(data_dir: str, dataset: str, split: str, decoders=None):
-  """Random-access source of decoded examples (image (S, S, 1) uint8, ...)."""
-  try:
-    builder = _read_only_builder(data_dir, dataset)
-    return builder.as_data_source(split=split, decoders=decoders)
-  except FileNotFoundError:
-    raise
-  except Exception as e:  # tfds errors do not always name the folder.
-    raise type(e)(f'cannot open split {split!r} of {dataset} in {data_dir}: {e}') from e
-
-
-def class_names(data_dir: str, dataset: str) -> tuple[str, ...]:
-  """The label columns of a build, in order (a folder build's come from its CSV)."""
-  return tuple(_read_only_builder(data_dir, dataset).info.metadata['class_names'])
-
-
-def has_feature(data_dir: str, dataset: str, name: str) -> bool:
-  """Whether a build stores `name` (CheXpert's 'uncertain', say)."""
-  return name in _read_only_builder(data_dir, dataset).info.features
-
-
-def num_examples(data_dir: str, dataset: str, split: str) -> int:
-  return len(data_source(data_dir, dataset, split))
-
-
-def _undecoded_source(data_dir: str, dataset: str, split: str):
-  """A split's records with images (and masks) left encoded: cheap to scan."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  skip = tfds.decode.SkipDecoding()
-  info = info_lib.dataset_info(dataset)
-  decoders = {'image': skip, **({'mask': skip} if info.has_mask else {})}
-  return data_source(data_dir, dataset, split, decoders=decoders)
-
-
-def file_names(data_dir: str, dataset: str, split: str) -> list[str]:
-  """File names of a split in record order, without decoding images."""
-  source = _undecoded_source(data_dir, dataset, split)
-  return [source[i]['file_name'].decode('utf-8') for i in range(len(source))]
-
-
-def file_names_and_labels(data_dir: str, dataset: str, split: str, uncertain: str = 'u_zeros',
-                          classes: Sequence[int] | None = None) -> tuple[list[str], np.ndarray]:
-  """File names and (N, K) labels (`uncertain` policy, masked read 0) of a split, one pass."""
-  source = _undecoded_source(data_dir, dataset, split)
-  records = [source[i] for i in range(len(source))]
-  labels = np.stack([np.asarray(r['label'], np.float32) for r in records])
-  flags = (np.stack([np.asarray(r['uncertain']) for r in records])
-           if records and 'uncertain' in records[0] else None)
-  labels = label_policy.apply_policy(labels, flags, uncertain)[0]
-  return ([r['file_name'].decode('utf-8') for r in records],
-          labels if classes is None else labels[:, list(classes)])
-
-
-class SubsetSource:
-  """The records of `source` at `indices` (label-fraction subsets)."""
-
-  def __init__(self, source, indices: Sequence[int]):
-    self._source = source
-    self._indices = np.asarray(indices, np.int64)
-
-  def __len__(self) -> int:
-    return len(self._indices)
-
-  def __getitem__(self, index: int):
-    return self._source[int(self._indices[index])]
-
-
-class PaddedSource:
-  """`source` followed by padding records (flagged '_valid' False) up to `length`."""
-
-  def __init__(self, source, length: int):
-    self._source = source
-    self._length = length
-
-  def __len__(self) -> int:
-    return self._length
-
-  def __getitem__(self, index: int):
-    real = index < len(self._source)
-    record = dict(self._source[index if real else 0])
-    record['_valid'] = real
-    return record
 
 
 def _shard(shard_index, shard_count) -> tuple[int, int]:
@@ -327,7 +198,7 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
     ds = mixture.records(data_dir, dataset, split=split, seed=seed, num_epochs=num_epochs)
   else:
     dataset = components[0].dataset
-    source = data_source(data_dir, dataset, split)
+    source = sources.data_source(data_dir, dataset, split)
     if len(source) < global_batch_size:
       raise ValueError(f'{dataset} {split}: {len(source)} examples cannot fill one global '
                        f'batch of {global_batch_size}')
@@ -348,14 +219,14 @@ def _supervised_loader(data_dir, dataset, *, split, image_size, batch_size, seed
                        aug, segmentation, indices, uncertain='ignore', classes=None):
   shard = _shard(shard_index, shard_count)
   aug = augment.default_classification_augment_config() if aug is None else aug
-  source = data_source(data_dir, dataset, split)
+  source = sources.data_source(data_dir, dataset, split)
   if indices is not None:
     if label_fraction < 1.0:
       raise ValueError('give label_fraction or indices, not both')
-    source = SubsetSource(source, indices)
+    source = sources.SubsetSource(source, indices)
   elif label_fraction < 1.0:
-    names = file_names(data_dir, dataset, split)
-    source = SubsetSource(source, label_fraction_indices(names, label_fraction, seed))
+    names = sources.file_names(data_dir, dataset, split)
+    source = sources.SubsetSource(source, label_fraction_indices(names, label_fraction, seed))
   if train:
     transform = TrainExample(image_size, aug, segmentation, uncertain, classes)
     return _loader(source, operations=[transform, grain.transforms.Batch(batch_size),
@@ -365,7 +236,7 @@ def _supervised_loader(data_dir, dataset, *, split, image_size, batch_size, seed
   # Evaluation: pad so that every process and worker ends on a full batch.
   chunk = batch_size * max(1, worker_count)
   per_shard = math.ceil(math.ceil(len(source) / shard[1]) / chunk) * chunk
-  padded = PaddedSource(source, per_shard * shard[1])
+  padded = sources.PaddedSource(source, per_shard * shard[1])
   transform = EvalExample(image_size, aug, segmentation, uncertain, classes)
   return _loader(padded, operations=[transform, grain.transforms.Batch(batch_size),
                                      PadBatch(batch_size)],
@@ -416,7 +287,7 @@ def segmentation_loader(data_dir: str, dataset: str = 'siim', *, split: str,
 def steps_per_epoch(data_dir: str, dataset: str, split: str, global_batch_size: int,
                     label_fraction: float = 1.0) -> int:
   """Full batches per epoch (at least 1), for schedules and early stopping."""
-  count = num_examples(data_dir, dataset, split)
+  count = sources.num_examples(data_dir, dataset, split)
   count = splits_lib.subset_size(count, label_fraction)
   return max(1, count // global_batch_size)
 

@@ -46,8 +46,8 @@ class TaskData:
 
     Labels under the task's policy, masked entries as 0 (not a positive).
     """
-    from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
-    return pipelines.file_names_and_labels(self.data_dir, self.dataset, 'train',
+    from mlvicx_jax.data import sources  # pylint: disable=g-import-not-at-top
+    return sources.file_names_and_labels(self.data_dir, self.dataset, 'train',
                                            self.uncertain or 'u_zeros', self.class_indices)
 
   def label_record(self) -> Optional[dict]:
@@ -68,7 +68,7 @@ def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS, *,
   `uncertain` (label_policy.UNCERTAINTY_POLICIES, default 'ignore') choose the
   labels; the policy is recorded only for builds with uncertain labels.
   """
-  from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.data import sources  # pylint: disable=g-import-not-at-top
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   prepare_cmd = (f'python -m mlvicx_jax.data.prepare --dataset={task} '
                  f'--manual_dir=<downloaded {task} files> --data_dir={data_dir}')
@@ -78,8 +78,8 @@ def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS, *,
         f'{task} has not been prepared: expected the TFDS directory {expected} '
         f'(under config.data_dir={data_dir}); build it with: {prepare_cmd}')
   try:
-    dataset = pipelines.resolve_dataset(data_dir, task)
-    sizes = {split: pipelines.num_examples(data_dir, dataset, split) for split in splits}
+    dataset = sources.resolve_dataset(data_dir, task)
+    sizes = {split: sources.num_examples(data_dir, dataset, split) for split in splits}
   except (FileNotFoundError, ValueError, KeyError, OSError) as e:
     raise FileNotFoundError(f'cannot read the prepared {task} data in {expected}: {e}. '
                             f'Rebuild it with: {prepare_cmd} --overwrite') from e
@@ -87,13 +87,13 @@ def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS, *,
     if split != 'test' and not sizes[split]:
       raise ValueError(f'{expected}: split {split!r} is empty')
   from mlvicx_jax.data import label_policy  # pylint: disable=g-import-not-at-top
-  names = pipelines.class_names(data_dir, dataset)
+  names = sources.class_names(data_dir, dataset)
   try:
     indices = label_policy.resolve_classes(classes, names, task)
   except ValueError as e:
     raise ValueError(f'config.{e}') from None
   policy = None
-  if pipelines.has_feature(data_dir, dataset, 'uncertain'):
+  if sources.has_feature(data_dir, dataset, 'uncertain'):
     policy = label_policy.check_policy(uncertain or 'ignore')
   if indices is not None:
     names = tuple(names[i] for i in indices)

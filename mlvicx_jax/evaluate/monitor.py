@@ -18,13 +18,14 @@ import jax
 import numpy as np
 
 from mlvicx_jax.data import pipelines
+from mlvicx_jax.data import sources
 from mlvicx_jax.data import splits
 from mlvicx_jax.evaluate import knn
 
 
 def _subset(data_dir: str, dataset: str, split: str, count: int, seed: int):
   """Seeded positions of `count` examples of the split (all when count <= 0 or too many)."""
-  names = pipelines.file_names(data_dir, dataset, split)
+  names = sources.file_names(data_dir, dataset, split)
   if count <= 0 or count >= len(names):
     return None
   return splits.label_fraction_indices(names, count / len(names), seed)

@@ -7,6 +7,7 @@ import os
 
 from mlvicx_jax.data import mixture
 from mlvicx_jax.data import pipelines
+from mlvicx_jax.data import sources
 from mlvicx_jax.train.config_check import ConfigError
 
 
@@ -47,7 +48,7 @@ def monitor_dataset(data_dir: str, config) -> str:
     if mixture.is_mixture(chosen):
       raise ValueError('a mixture; name one prepared labelled build')
     chosen = mixture.parse(chosen)[0].dataset
-    classes = pipelines.class_names(data_dir, chosen)
+    classes = sources.class_names(data_dir, chosen)
   except (FileNotFoundError, ValueError) as e:
     raise ConfigError(f'config.monitor.dataset: the k-NN monitor reads {chosen!r}: {e}') from e
   if not classes:

@@ -17,6 +17,7 @@ import pytest
 
 from mlvicx_jax.data import builders
 from mlvicx_jax.data import pipelines
+from mlvicx_jax.data import sources
 from mlvicx_jax.data import prepare as prepare_lib
 
 SIZE = 32
@@ -156,7 +157,7 @@ def test_features_patients_and_splits(layout):
   _, data_dir, train, valid = layout
   patients, rows = {}, {}
   for split in ('train', 'validation', 'test'):
-    source = pipelines.data_source(data_dir, 'chexpert', split)
+    source = sources.data_source(data_dir, 'chexpert', split)
     records = [source[i] for i in range(len(source))]
     patients[split] = {r['patient_id'].decode() for r in records}
     rows.update({r['file_name'].decode(): r for r in records})
@@ -180,7 +181,7 @@ def test_frontal_only_from_the_release_folder_itself(layout, tmp_path):
   assert path.parent.name == f's{SIZE}_frontal'
   names = []
   for split in ('train', 'validation', 'test'):
-    source = pipelines.data_source(str(tmp_path), 'chexpert', split)
+    source = sources.data_source(str(tmp_path), 'chexpert', split)
     names += [source[i]['file_name'].decode() for i in range(len(source))]
     assert {source[i]['view'] for i in range(len(source))} == {b'Frontal'}
   assert sorted(names) == sorted(r[0].split('/', 1)[1] for r in train + valid

@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mlvicx_jax.data import builders
-from mlvicx_jax.data import pipelines
+from mlvicx_jax.data import sources
 from mlvicx_jax.data import prepare as prepare_lib
 from mlvicx_jax.data import synthetic
 
@@ -277,8 +277,8 @@ def test_default_config_and_options_get_their_own_folder(nih_raw, tmp_path):
   assert (png / 'features.json').read_text().count('"png"') >= 1
   assert '"png"' not in (default / 'features.json').read_text()
   raw_images = {r['file_name']: r['image'] for r in records(
-      pipelines.data_source(str(tmp_path), 'nih/s256', 'test'))}
-  for r in records(pipelines.data_source(str(tmp_path), 'nih/s256_png', 'test')):
+      sources.data_source(str(tmp_path), 'nih/s256', 'test'))}
+  for r in records(sources.data_source(str(tmp_path), 'nih/s256_png', 'test')):
     assert r['image'].dtype == np.uint8
     np.testing.assert_array_equal(r['image'], raw_images[r['file_name']])
   other = prepare_lib.prepare('nih', str(nih_raw), str(tmp_path), image_size=SIZE, seed=3,
@@ -314,5 +314,5 @@ def test_folder_builds_at_the_default_size(tmp_path):
     Image.fromarray(rng.integers(0, 256, (40, 30), dtype=np.uint8)).save(tree / f'{i}.png')
   path = prepare_lib.prepare('folder', str(tree), str(tmp_path / 'out'))
   assert path.parent.name == 's256'
-  source = pipelines.data_source(str(tmp_path / 'out'), 'folder', 'train')
+  source = sources.data_source(str(tmp_path / 'out'), 'folder', 'train')
   assert source[0]['image'].shape == (256, 256, 1)

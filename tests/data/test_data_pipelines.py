@@ -4,6 +4,7 @@ import pytest
 
 from mlvicx_jax.data import augment
 from mlvicx_jax.data import pipelines
+from mlvicx_jax.data import sources
 from mlvicx_jax.data import prepare as prepare_lib
 from mlvicx_jax.data import synthetic
 
@@ -73,7 +74,7 @@ def test_pretrain_state_restore_with_a_worker_process(data_dir):
 
 
 def test_eval_covers_every_example_once_across_shards(data_dir):
-  expected = pipelines.file_names(data_dir, 'nih', 'test')
+  expected = sources.file_names(data_dir, 'nih', 'test')
   seen, batch_counts = [], []
   for shard in range(2):
     loader = pipelines.classification_loader(
@@ -90,7 +91,7 @@ def test_eval_covers_every_example_once_across_shards(data_dir):
 
 
 def test_eval_images_and_labels_match_the_source(data_dir):
-  source = pipelines.data_source(data_dir, 'nih', 'validation')
+  source = sources.data_source(data_dir, 'nih', 'validation')
   by_name = {source[i]['file_name']: source[i] for i in range(len(source))}
   loader = pipelines.classification_loader(
       data_dir, 'nih', split='validation', image_size=SIZE, batch_size=8, seed=0,
@@ -111,7 +112,7 @@ def test_label_fraction_subsets_nested_in_training(data_dir):
     return {n for b in loader for n, m in zip(b['file_name'], b['mask']) if m}
   small, large, full = names(0.1), names(0.3), names(1.0)
   assert small < large < full
-  total = pipelines.num_examples(data_dir, 'nih', 'train')
+  total = sources.num_examples(data_dir, 'nih', 'train')
   assert len(full) == total and len(small) == round(0.1 * total)
 
 
@@ -135,7 +136,7 @@ def test_segmentation_masks_follow_the_image(data_dir):
 
 
 def test_segmentation_eval_masks_match_source(data_dir):
-  source = pipelines.data_source(data_dir, 'siim', 'validation')
+  source = sources.data_source(data_dir, 'siim', 'validation')
   by_name = {source[i]['file_name']: source[i]['mask'][..., 0] > 127 for i in range(len(source))}
   loader = pipelines.segmentation_loader(
       data_dir, 'siim', split='validation', image_size=SIZE, batch_size=8, seed=0,

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import load_config
 from mlvicx_jax.data import builders
-from mlvicx_jax.data import pipelines
+from mlvicx_jax.data import sources
 from mlvicx_jax.data import prepare as prepare_lib
 from mlvicx_jax.data import synthetic
 
@@ -61,7 +61,7 @@ def tree(tmp_path_factory):
 
 
 def _stored(data_dir, dataset, split='train+validation'):
-  source = pipelines.data_source(data_dir, dataset, split)
+  source = sources.data_source(data_dir, dataset, split)
   return {source[i]['file_name'].decode(): source[i] for i in range(len(source))}
 
 
@@ -79,7 +79,7 @@ def test_folder_prepares_every_image_and_skips_the_bad_files_by_name(tree):
   assert reasons['c/cut.png'].startswith('unreadable image:')
   assert reasons['notes.txt'].startswith('not an image:')
   assert report['by_reason'] == {'unreadable image': 1, 'not an image': 1}
-  assert pipelines.class_names(data_dir, 'folder') == ()
+  assert sources.class_names(data_dir, 'folder') == ()
   assert path.parent.name == 's96'
 
 
@@ -115,7 +115,7 @@ def test_folder_labels_from_a_csv(tree, tmp_path):
                              labels_csv=str(csv_path))
   dataset = f'folder/{path.parent.name}'
   assert path.parent.name.startswith('s96_labels')
-  assert pipelines.class_names(data_dir, dataset) == ('Effusion', 'Mass')
+  assert sources.class_names(data_dir, dataset) == ('Effusion', 'Mass')
   stored = _stored(data_dir, dataset, 'train+validation+test')
   labels = {k: r['label'].tolist() for k, r in stored.items()}
   assert labels == {'a/scan.png': [1, 0], 'a/deep/x16.png': [0, 1], 'b/color.JPG': [1, 1],

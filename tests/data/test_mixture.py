@@ -13,6 +13,7 @@ from conftest import load_config
 from mlvicx_jax.data import augment
 from mlvicx_jax.data import mixture
 from mlvicx_jax.data import pipelines
+from mlvicx_jax.data import sources
 from mlvicx_jax.data import prepare as prepare_lib
 
 SPEC = 'nih:1,folder:3'
@@ -52,9 +53,9 @@ def test_parse_canonical_and_errors_name_the_item():
 
 
 def test_proportions_match_the_weights_and_each_component_is_a_permutation(data_dir):
-  nih = set(pipelines.file_names(data_dir, 'nih', 'train')) | set(
-      pipelines.file_names(data_dir, 'nih', 'validation'))
-  folder = {n for s in ('train', 'validation') for n in pipelines.file_names(data_dir, 'folder', s)}
+  nih = set(sources.file_names(data_dir, 'nih', 'train')) | set(
+      sources.file_names(data_dir, 'nih', 'validation'))
+  folder = {n for s in ('train', 'validation') for n in sources.file_names(data_dir, 'folder', s)}
   assert not nih & folder
   count = 4000
   names = _names(mixture.records(data_dir, SPEC, split=SPLIT, seed=0), count)

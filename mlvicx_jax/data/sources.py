@@ -1,0 +1,145 @@
+"""The prepared builds as random-access sources: which build, its splits, its facts.
+
+`dataset` is a name of info.DATASETS (the one build of it under data_dir, or
+its default config 's256' / 's256_any') or 'name/config' such as 'nih/s128'
+or 'vinbig/s256_majority'. Builds are opened from their own feature
+description, so what an older version wrote stays readable.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from mlvicx_jax.data import info as info_lib
+from mlvicx_jax.data import label_policy
+
+def resolve_dataset(data_dir: str, dataset: str) -> str:
+  """'name' or 'name/config' -> the 'name/config' built under data_dir."""
+  name, _, config = dataset.partition('/')
+  info_lib.dataset_info(name)  # Validates the name.
+  if config:
+    return dataset
+  root = os.path.join(data_dir, name)
+  built = sorted(c for c in (os.listdir(root) if os.path.isdir(root) else [])
+                 if not c.startswith('.') and os.path.isdir(os.path.join(root, c)))
+  if len(built) == 1:
+    return f'{name}/{built[0]}'
+  for default in ('s256', 's256_any'):
+    if default in built:
+      return f'{name}/{default}'
+  if not built:
+    raise FileNotFoundError(
+        f'no build of {name!r} under {root}; run python -m mlvicx_jax.data.prepare '
+        f'--dataset={name} --manual_dir=RAW --data_dir={data_dir}')
+  raise ValueError(f'several builds of {name!r} under {root}: {built}; '
+                   f'pass dataset="{name}/<config>"')
+
+
+def read_only_builder(data_dir: str, dataset: str):
+  """The build's own description (the newest version folder), not this code's.
+
+  So raw (1.1.0) and PNG (1.0.0) builds read alike, whatever builder code
+  this process has registered.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name = resolve_dataset(data_dir, dataset)
+  folder = os.path.join(data_dir, name)
+  versions = sorted((v for v in (os.listdir(folder) if os.path.isdir(folder) else [])
+                     if tfds.core.Version.is_valid(v)), key=tfds.core.Version)
+  if not versions:
+    raise FileNotFoundError(f'no finished build in {folder}; run python -m '
+                            f'mlvicx_jax.data.prepare --dataset={name.split("/")[0]} '
+                            f'--manual_dir=RAW --data_dir={data_dir}')
+  return tfds.builder_from_directory(os.path.join(folder, versions[-1]))
+
+
+def data_source(data_dir: str, dataset: str, split: str, decoders=None):
+  """Random-access source of decoded examples (image (S, S, 1) uint8, ...)."""
+  try:
+    builder = read_only_builder(data_dir, dataset)
+    return builder.as_data_source(split=split, decoders=decoders)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # tfds errors do not always name the folder.
+    raise type(e)(f'cannot open split {split!r} of {dataset} in {data_dir}: {e}') from e
+
+
+def class_names(data_dir: str, dataset: str) -> tuple[str, ...]:
+  """The label columns of a build, in order (a folder build's come from its CSV)."""
+  return tuple(read_only_builder(data_dir, dataset).info.metadata['class_names'])
+
+
+def has_feature(data_dir: str, dataset: str, name: str) -> bool:
+  """Whether a build stores `name` (CheXpert's 'uncertain', say)."""
+  return name in read_only_builder(data_dir, dataset).info.features
+
+
+def num_examples(data_dir: str, dataset: str, split: str) -> int:
+  return len(data_source(data_dir, dataset, split))
+
+
+def _undecoded_source(data_dir: str, dataset: str, split: str):
+  """A split's records with images (and masks) left encoded: cheap to scan."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  skip = tfds.decode.SkipDecoding()
+  info = info_lib.dataset_info(dataset)
+  decoders = {'image': skip, **({'mask': skip} if info.has_mask else {})}
+  return data_source(data_dir, dataset, split, decoders=decoders)
+
+
+def file_names(data_dir: str, dataset: str, split: str) -> list[str]:
+  """File names of a split in record order, without decoding images."""
+  source = _undecoded_source(data_dir, dataset, split)
+  return [source[i]['file_name'].decode('utf-8') for i in range(len(source))]
+
+
+def file_names_and_labels(data_dir: str, dataset: str, split: str, uncertain: str = 'u_zeros',
+                          classes: Sequence[int] | None = None) -> tuple[list[str], np.ndarray]:
+  """File names and (N, K) labels (`uncertain` policy, masked read 0) of a split, one pass."""
+  source = _undecoded_source(data_dir, dataset, split)
+  records = [source[i] for i in range(len(source))]
+  labels = np.stack([np.asarray(r['label'], np.float32) for r in records])
+  flags = (np.stack([np.asarray(r['uncertain']) for r in records])
+           if records and 'uncertain' in records[0] else None)
+  labels = label_policy.apply_policy(labels, flags, uncertain)[0]
+  return ([r['file_name'].decode('utf-8') for r in records],
+          labels if classes is None else labels[:, list(classes)])
+
+
+class SubsetSource:
+  """The records of `source` at `indices` (label-fraction subsets)."""
+
+  def __init__(self, source, indices: Sequence[int]):
+    self._source = source
+    self._indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int):
+    return self._source[int(self._indices[index])]
+
+
+class PaddedSource:
+  """`source` followed by padding records (flagged '_valid' False) up to `length`."""
+
+  def __init__(self, source, length: int):
+    self._source = source
+    self._length = length
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int):
+    real = index < len(self._source)
+    record = dict(self._source[index if real else 0])
+    record['_valid'] = real
+    return record
+
+
+def stored_image_size(data_dir: str, dataset: str) -> int:
+  """Side of the square images a build stores."""
+  return int(read_only_builder(data_dir, dataset).info.features['image'].shape[0])
+
