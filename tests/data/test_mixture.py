@@ -5,16 +5,19 @@ of the same raw tree (named 'images/<file>', so each record tells its
 component), in one data_dir.
 """
 import os
+import shutil
 
+import jax
 import numpy as np
 import pytest
 
 from conftest import load_config
+from mlvicx_jax import pretrained
 from mlvicx_jax.data import augment
 from mlvicx_jax.data import mixture
 from mlvicx_jax.data import pipelines
-from mlvicx_jax.data import sources
 from mlvicx_jax.data import prepare as prepare_lib
+from mlvicx_jax.data import sources
 
 SPEC = 'nih:1,folder:3'
 SPLIT = 'train+validation'
@@ -135,18 +138,27 @@ def test_image_sizes_must_agree(data_dir, tmp_path):
     mixture.check_prepared(str(tmp_path), 'nih,rsna:2')
 
 
-def test_pretraining_on_a_mixture_resumes_and_refuses_another_mixture(data_dir, tmp_path):
+def test_pretraining_on_a_mixture_resumes_bitwise_and_refuses_another_mixture(data_dir, tmp_path):
   from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import resume  # pylint: disable=g-import-not-at-top
   config = load_config('configs/nih.py', 'smoke')
   config.dataset, config.data_dir = SPEC, data_dir
-  config.num_train_steps = config.checkpoint_every_steps = 2
+  config.num_train_steps, config.checkpoint_every_steps = 3, 2
   config.async_checkpointing = False
+  straight = str(tmp_path / 'straight')
+  finished = loop.pretrain(config, straight)
+  # The same run stopped after its step-2 checkpoint (same schedule: 3 steps).
   workdir = str(tmp_path / 'run')
-  assert np.isfinite(loop.pretrain(config, workdir)['loss'])
+  shutil.copytree(straight, workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '3'))
   config.dataset = 'nih:2,folder:3'
   with pytest.raises(resume.ConfigDriftError, match='dataset: "nih,folder:3" in checkpoint, "nih:2,folder:3" now'):
     loop.pretrain(config, workdir)
-  config.dataset, config.num_train_steps = ' nih , folder:3.0', 3  # the same mixture
-  assert np.isfinite(loop.pretrain(config, workdir)['loss'])
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints')))[-1] == '3'
+  config.dataset = ' nih , folder:3.0'  # the same mixture, written differently
+  resumed = loop.pretrain(config, workdir)
+  assert pretrained.load(workdir).step == 3
+  # Bitwise equal to the uninterrupted steps: the stream resumed at position 2 * batch.
+  assert resumed['loss'] == finished['loss']
+  a, b = pretrained.load(workdir).variables, pretrained.load(straight).variables
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
