@@ -8,9 +8,6 @@ Every field can be overridden on the command line: --config.optim.base_lr=0.1
 """
 import ml_collections
 
-from mlvicx_jax import models
-from mlvicx_jax.data import augment
-
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   variant = arg or 'official'
@@ -31,14 +28,60 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.image_size = 224
   c.global_batch_size = 64     # official README command; summed over all devices and hosts
   c.worker_count = 4           # grain worker processes per host
-  c.aug = augment.default_augment_config()
+  # VICReg's asymmetric two views (SPEC 2); view2 differs in blur and solarise.
+  # On a grayscale film replicated to 3 channels only brightness and contrast
+  # of ColorJitter act. 'on': 'device' = views made in the train step from the
+  # stored uint8 image, 'host' = by the grain workers, 'auto' = 'device' on
+  # GPU/TPU and 'host' on CPU (measured; README, Benchmarks).
+  c.aug = ml_collections.ConfigDict()
+  c.aug.on = 'auto'
+  for name, blur_prob, solarize_prob in (('view1', 1.0, 0.0), ('view2', 0.1, 0.2)):
+    view = ml_collections.ConfigDict()
+    view.crop_scale = (0.08, 1.0)    # RandomResizedCrop area fraction
+    view.crop_ratio = (3 / 4, 4 / 3)  # and aspect ratio
+    view.interpolation = 'bicubic'
+    view.hflip_prob = 0.5
+    view.jitter_prob = 0.8           # ColorJitter(0.4, 0.4, ...) with this chance
+    view.brightness = 0.4
+    view.contrast = 0.4
+    view.blur_prob = blur_prob
+    view.blur_sigma = (0.1, 2.0)
+    view.blur_kernel_size = 23       # torchvision GaussianBlur(23)
+    view.solarize_prob = solarize_prob
+    view.solarize_threshold = 128    # on the 0..255 scale
+    view.rotation_prob = 0.0         # optional small rotation (off in VICReg)
+    view.rotation_degrees = 10.0
+    c.aug[name] = view
+  c.aug.mean = (0.485, 0.456, 0.406)  # ImageNet: the encoder may start from ImageNet weights
+  c.aug.std = (0.229, 0.224, 0.225)
 
   # Schedule.
   c.num_epochs = 300
   c.num_train_steps = -1       # > 0 overrides num_epochs
   c.seed = 0
 
-  c.model = models.model_config('paper' if variant == 'paper' else 'official')
+  # Architecture (mlvicx_jax/models). Official code's values; ':paper' below.
+  c.model = ml_collections.ConfigDict()
+  c.model.stage_sizes = (2, 2, 2, 2)        # ResNet18
+  c.model.width = 64                        # channels of the stem and layer1
+  c.model.context_blocks = True             # context bottleneck (CBAM) after stem and each stage
+  c.model.reduction = 2                     # channel-attention MLP ratio
+  c.model.spatial_kernel = 7
+  c.model.global_head = (4096, 4096, 4096)  # paper text: three layers of 2048
+  c.model.head_hidden_norm = True           # BN after each hidden Linear of the global head
+  c.model.head_output_norm = 'affine'       # BN after its last Linear: 'affine' | 'plain' | 'none'
+  c.model.head_output_bias = True
+  c.model.predictor = ()                    # BYOL / SimSiam predictor widths (empty: none)
+  c.model.predictor_output_norm = 'none'
+  c.model.multilevel = True                 # False: global VICReg only (L_G ablation)
+  c.model.levels = (0, 1, 2, 3, 4)          # stem, layer1..layer4
+  c.model.multilevel_size = 64              # common size of the bilinear resize
+  c.model.multilevel_channels = 512         # width of the per-level 1x1 projection
+  c.model.multilevel_pool = 4
+  c.model.multilevel_head = (4096, 4096, 4096)
+  c.model.aggregation = 'sum'               # paper text: 'concat'
+  c.model.multilevel_impl = 'folded'        # 'naive' = resize to 64x64 first (official cost)
+  c.model.dtype = 'float32'                 # compute dtype; parameters stay float32
 
   c.loss = ml_collections.ConfigDict()
   c.loss.sim_coeff = 25.0      # VICReg alpha (invariance)
@@ -91,11 +134,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.allow_resume_changes = ''
 
   if variant == 'paper':
+    c.model.global_head = (2048, 2048, 2048)
+    c.model.aggregation = 'concat'
     c.optim.weight_decay = 1e-5
     # The paper states lr 3e-5 for LARS; as a peak lr that is base_lr * 256 / batch.
     c.optim.base_lr = 3e-5 * 256 / c.global_batch_size
   elif variant == 'smoke':
-    c.model = models.model_config('tiny')
+    # A narrow, shallow network for CPU tests.
+    c.model.stage_sizes = (1, 1, 1, 1)
+    c.model.width = 16
+    c.model.global_head = (128, 128, 128)
+    c.model.multilevel_size = 16
+    c.model.multilevel_channels = 32
+    c.model.multilevel_head = (128, 128, 128)
     c.synthetic_images = 64
     c.synthetic_image_size = 128
     c.image_size = 96

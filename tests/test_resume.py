@@ -14,8 +14,11 @@ import time
 import numpy as np
 import pytest
 
+from conftest import load_config
 from conftest import REPO
 from mlvicx_jax import checkpoint
+from mlvicx_jax import models
+from mlvicx_jax.data import augment
 from mlvicx_jax.train import resume
 from mlvicx_jax.train import workdir_lock
 
@@ -181,3 +184,16 @@ def test_lock_of_another_host_is_not_taken_and_object_stores_get_none(tmp_path, 
   with caplog.at_level('WARNING'):
     workdir_lock.WorkdirLock('gs://bucket/run').acquire()
   assert 'no workdir lock' in caplog.text
+
+
+@pytest.mark.parametrize('variant, model_variant', [('', 'official'), ('paper', 'paper'),
+                                                    ('smoke', 'tiny')])
+def test_nih_config_spells_out_the_code_defaults(variant, model_variant):
+  """configs/nih.py holds its values (it imports only ml_collections); the code's
+  defaults fill the fields that older runs lack, so the two must agree."""
+  config = load_config('configs/nih.py', variant)
+  assert config.model.to_dict() == models.model_config(model_variant).to_dict()
+  assert config.aug.to_dict() == augment.default_augment_config().to_dict()
+  with open(os.path.join(REPO, 'configs', 'nih.py')) as f:
+    imports = [line for line in f if line.startswith(('import ', 'from '))]
+  assert imports == ['import ml_collections\n']
