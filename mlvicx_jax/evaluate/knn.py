@@ -21,24 +21,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mlvicx_jax import losses
 from mlvicx_jax.evaluate import metrics
 
-_EPS = 1e-12  # as torch.nn.functional.normalize: x / max(||x||, eps)
 _HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _l2_normalise(x: jax.Array) -> jax.Array:
-  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-  return x / jnp.maximum(norm, _EPS)
-
-
-_l2_normalise_jit = jax.jit(_l2_normalise)
+_l2_normalise_jit = jax.jit(losses.l2_normalize)
 
 
 def _chunk_votes(train_unit: jax.Array, train_labels: jax.Array, queries: jax.Array,
                  temperature: jax.Array, k: int) -> jax.Array:
   """(q, C) weighted votes of one chunk of queries; memory O(q x N)."""
-  sims = jnp.matmul(_l2_normalise(queries), train_unit.T, precision=_HIGHEST)
+  sims = jnp.matmul(losses.l2_normalize(queries), train_unit.T, precision=_HIGHEST)
   top_sims, top_idx = jax.lax.top_k(sims, k)  # sorted, most similar first
   # exp((s - s_max) / T) = exp(s / T) * exp(-s_max / T): one factor per query
   # that cancels in the ratio below, so the votes are unchanged, and every

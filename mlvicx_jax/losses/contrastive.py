@@ -47,15 +47,23 @@ def l2_normalize(x: jax.Array) -> jax.Array:
 
 
 def _cross_entropy_of_positive(
-    negative_minus_positive: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-row -log softmax of the positive, and whether it beat every negative.
+    negative_minus_positive: jax.Array,
+    positive_cosine: jax.Array) -> tuple[jax.Array, Metrics]:
+  """Mean over rows of -log softmax of the positive, with the shared metrics.
 
-  Masked-out negatives hold -inf.
+  Masked-out negatives hold -inf. `accuracy`: rows whose positive beat every
+  negative.
   """
   per_row = jax.nn.softplus(
       jax.nn.logsumexp(negative_minus_positive, axis=-1))
   correct = jnp.max(negative_minus_positive, axis=-1) < 0
-  return per_row, correct
+  loss = jnp.mean(per_row)
+  metrics = {
+      'loss': loss,
+      'accuracy': jnp.mean(correct),
+      'positive_similarity': jnp.mean(positive_cosine),
+  }
+  return loss, {name: value.astype(jnp.float32) for name, value in metrics.items()}
 
 
 def simclr_loss(
@@ -96,15 +104,7 @@ def simclr_loss(
   is_negative = (col != row) & (col != (row + n) % (2 * n))
   differences = jnp.where(
       is_negative, (cosine - positive_cosine[:, None]) / temperature, -jnp.inf)
-  per_anchor, correct = _cross_entropy_of_positive(differences)
-
-  loss = jnp.mean(per_anchor)
-  metrics = {
-      'loss': loss,
-      'accuracy': jnp.mean(correct),
-      'positive_similarity': jnp.mean(positive_cosine),
-  }
-  return loss, {name: value.astype(jnp.float32) for name, value in metrics.items()}
+  return _cross_entropy_of_positive(differences, positive_cosine)
 
 
 def moco_loss(
@@ -144,12 +144,4 @@ def moco_loss(
   positive_cosine = jnp.sum(q * k, axis=-1)
   negative_cosine = jnp.matmul(q, queue.T, precision=_HIGHEST)
   differences = (negative_cosine - positive_cosine[:, None]) / temperature
-  per_query, correct = _cross_entropy_of_positive(differences)
-
-  loss = jnp.mean(per_query)
-  metrics = {
-      'loss': loss,
-      'accuracy': jnp.mean(correct),
-      'positive_similarity': jnp.mean(positive_cosine),
-  }
-  return loss, {name: value.astype(jnp.float32) for name, value in metrics.items()}
+  return _cross_entropy_of_positive(differences, positive_cosine)

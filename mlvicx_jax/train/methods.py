@@ -60,45 +60,43 @@ def _average(prefix: str, pairs) -> tuple[jax.Array, dict]:
   return (l1 + l2) / 2, _prefixed(prefix, metrics)
 
 
-def _vicreg(model, cfg) -> Objective:
+def _online_only(model, score, terms=('loss',)) -> Objective:
+  """A method without momentum state: score(out1, out2) -> (loss, metrics)."""
   def loss(params, batch_stats, extra, view1, view2, step):
     del step
     out1, out2, batch_stats = forward_two_views(model, params, batch_stats, view1, view2)
-    value, metrics = losses.mlvicx_loss(
-        out1.get('z'), out2.get('z'), out1.get('m'), out2.get('m'),
-        lam=cfg.lam, use_global=cfg.use_global, use_local=cfg.use_local,
-        sim_coeff=cfg.sim_coeff, std_coeff=cfg.std_coeff, cov_coeff=cfg.cov_coeff, eps=cfg.eps)
+    value, metrics = score(out1, out2)
     return value, (metrics, batch_stats, extra)
-  return Objective(loss=loss, terms=VICREG_TERMS)
+  return Objective(loss=loss, terms=terms)
+
+
+def _vicreg(model, cfg) -> Objective:
+  return _online_only(model, lambda out1, out2: losses.mlvicx_loss(
+      out1.get('z'), out2.get('z'), out1.get('m'), out2.get('m'),
+      lam=cfg.lam, use_global=cfg.use_global, use_local=cfg.use_local,
+      sim_coeff=cfg.sim_coeff, std_coeff=cfg.std_coeff, cov_coeff=cfg.cov_coeff, eps=cfg.eps),
+                      VICREG_TERMS)
 
 
 def _barlow_twins(model, cfg) -> Objective:
-  def loss(params, batch_stats, extra, view1, view2, step):
-    del step
-    out1, out2, batch_stats = forward_two_views(model, params, batch_stats, view1, view2)
+  def score(out1, out2):
     value, metrics = losses.barlow_twins_loss(out1['z'], out2['z'], lambd=cfg.lambd)
-    return value, (_prefixed('barlow', metrics), batch_stats, extra)
-  return Objective(loss=loss, terms=('barlow/on_diagonal', 'barlow/off_diagonal', 'loss'))
+    return value, _prefixed('barlow', metrics)
+  return _online_only(model, score, ('barlow/on_diagonal', 'barlow/off_diagonal', 'loss'))
 
 
 def _simclr(model, cfg) -> Objective:
-  def loss(params, batch_stats, extra, view1, view2, step):
-    del step
-    out1, out2, batch_stats = forward_two_views(model, params, batch_stats, view1, view2)
+  def score(out1, out2):
     value, metrics = losses.simclr_loss(out1['z'], out2['z'], temperature=cfg.temperature)
-    return value, (_prefixed('simclr', metrics), batch_stats, extra)
-  return Objective(loss=loss)
+    return value, _prefixed('simclr', metrics)
+  return _online_only(model, score)
 
 
 def _simsiam(model, cfg) -> Objective:
   del cfg
-  def loss(params, batch_stats, extra, view1, view2, step):
-    del step
-    out1, out2, batch_stats = forward_two_views(model, params, batch_stats, view1, view2)
-    value, metrics = _average('simsiam', (losses.simsiam_loss(out1['p'], out2['z']),
-                                          losses.simsiam_loss(out2['p'], out1['z'])))
-    return value, (metrics, batch_stats, extra)
-  return Objective(loss=loss)
+  return _online_only(model, lambda out1, out2: _average(
+      'simsiam', (losses.simsiam_loss(out1['p'], out2['z']),
+                  losses.simsiam_loss(out2['p'], out1['z']))))
 
 
 def _init_target(variables, rng):
@@ -120,11 +118,10 @@ def _byol(model, cfg, total_steps: int) -> Objective:
     del step
     out1, out2, batch_stats = forward_two_views(model, params, batch_stats, view1, view2)
     target1, target2, target = _target_two_views(model, extra['target'], view1, view2)
-    (l1, m1), (l2, m2) = (losses.byol_loss(out1['p'], target2['z']),
-                          losses.byol_loss(out2['p'], target1['z']))
-    metrics = _prefixed('byol', jax.tree.map(lambda a, b: (a + b) / 2, m1, m2))
-    metrics['loss'] = l1 + l2
-    return l1 + l2, (metrics, batch_stats, dict(extra, target=target))
+    mean, metrics = _average('byol', (losses.byol_loss(out1['p'], target2['z']),
+                                      losses.byol_loss(out2['p'], target1['z'])))
+    metrics['loss'] = 2 * mean  # BYOL sums the two directions
+    return 2 * mean, (metrics, batch_stats, dict(extra, target=target))
 
   def after(extra, params, step):
     tau = ema.target_momentum(step, cfg.momentum, total_steps, cfg.momentum_schedule)
@@ -136,8 +133,7 @@ def _byol(model, cfg, total_steps: int) -> Objective:
 
 def init_queue(rng, size: int, dim: int) -> dict:
   """MoCo's initial queue: random unit rows, and the write position."""
-  queue = jax.random.normal(rng, (size, dim), jnp.float32)
-  queue = queue / jnp.linalg.norm(queue, axis=1, keepdims=True)
+  queue = losses.l2_normalize(jax.random.normal(rng, (size, dim), jnp.float32))
   return {'queue': queue, 'queue_ptr': jnp.zeros((), jnp.int32)}
 
 
@@ -146,10 +142,6 @@ def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array) -> tuple[jax.Arra
   keys = jax.lax.stop_gradient(keys).astype(queue.dtype)
   queue = jax.lax.dynamic_update_slice(queue, keys, (ptr, 0))
   return queue, (ptr + keys.shape[0]) % queue.shape[0]
-
-
-def _unit(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _moco_v2(model, cfg, total_steps: int) -> Objective:
@@ -164,7 +156,7 @@ def _moco_v2(model, cfg, total_steps: int) -> Objective:
     query, new = model.apply({'params': params, 'batch_stats': batch_stats}, view1,
                              train=True, mutable=['batch_stats'])
     key, new_target = model.apply(target, view2, train=True, mutable=['batch_stats'])
-    key = jax.lax.stop_gradient(_unit(key['z']))
+    key = jax.lax.stop_gradient(losses.l2_normalize(key['z']))
     value, metrics = losses.moco_loss(query['z'], key, extra['queue'],
                                       temperature=cfg.temperature)
     queue, ptr = enqueue(extra['queue'], extra['queue_ptr'], key)
