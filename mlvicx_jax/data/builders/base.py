@@ -304,12 +304,14 @@ class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {'test': config.test_fraction, 'validation': config.validation_fraction}
 
   def _split_by_image(self, records: list[SourceRecord],
-                      fractions: dict[str, float] | None = None) -> dict[str, list[SourceRecord]]:
-    """Seeded split by file name (these datasets have one image per patient or no ids)."""
+                      fractions: dict[str, float] | None = None,
+                      group=lambda record: record.file_name) -> dict[str, list[SourceRecord]]:
+    """Seeded split by file name (these datasets have one image per patient or no
+    ids), or by `group(record)` (a patient id) so that a group stays together."""
     fractions = self._fractions() if fractions is None else fractions
     assignment = splits_lib.assign_groups(
-        [r.file_name for r in records], fractions, self.builder_config.seed)
+        [group(r) for r in records], fractions, self.builder_config.seed)
     out = {'train': [], 'validation': [], 'test': []}
     for record in records:
-      out[assignment[record.file_name]].append(record)
+      out[assignment[group(record)]].append(record)
     return out

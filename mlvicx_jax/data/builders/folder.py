@@ -29,7 +29,6 @@ import os
 import numpy as np
 
 from mlvicx_jax.data import info as info_lib
-from mlvicx_jax.data import splits as splits_lib
 from mlvicx_jax.data.builders import base
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg') + base.image_io.DICOM_SUFFIXES
@@ -135,15 +134,7 @@ class Folder(base.XrayBuilder):
         split_rule=(f'seeded {"patient" if patients else "image"}-wise split (ranked by '
                     'sha256(f"{seed}:{id}")): test, then validation, the rest train'),
         labels_csv=os.path.basename(csv_path) if csv_path else '')
-    if not patients:
-      return self._split_by_image(records)
-    groups = {r.file_name: r.patient_id or r.file_name for r in records}
-    assignment = splits_lib.assign_groups(groups.values(), self._fractions(),
-                                          self.builder_config.seed)
-    out = {'train': [], 'validation': [], 'test': []}
-    for record in records:
-      out[assignment[groups[record.file_name]]].append(record)
-    return out
+    return self._split_by_image(records, group=lambda r: r.patient_id or r.file_name)
 
   def _label(self, records, csv_path):
     """Records that have a CSV row, with its labels; the others are skipped."""
