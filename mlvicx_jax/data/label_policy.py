@@ -23,6 +23,7 @@ import numpy as np
 from mlvicx_jax.data import info as info_lib
 
 UNCERTAINTY_POLICIES = ('ignore', 'u_ones', 'u_zeros')
+DEFAULT_POLICY = 'ignore'
 # Named class subsets per dataset (config `classes`), besides 'all' and a comma list.
 CLASS_PRESETS = {'chexpert': {'competition': info_lib.CHEXPERT_COMPETITION}}
 

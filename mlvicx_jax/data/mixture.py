@@ -72,7 +72,10 @@ def is_mixture(spec: str) -> bool:
 
 
 def canonical(spec: str) -> str:
-  """Spaces and unit weights dropped ('nih:1, chexpert:2.0' -> 'nih,chexpert:2'); one item: its name."""
+  """Spaces and unit weights dropped: 'nih:1, chexpert:2.0' -> 'nih,chexpert:2'.
+
+  One item: its name.
+  """
   components = parse(spec)
   if len(components) == 1:
     return components[0].dataset

@@ -96,7 +96,8 @@ class StreamPosition(grain.transforms.MapWithIndex):
 class _Supervised:
   """Common output of supervised examples; labels under label_policy, `classes` columns."""
 
-  def __init__(self, image_size: int, aug, segmentation: bool, uncertain: str = 'ignore',
+  def __init__(self, image_size: int, aug, segmentation: bool,
+               uncertain: str = label_policy.DEFAULT_POLICY,
                classes: Sequence[int] | None = None):
     aug = augment.as_dict(aug)
     self._size = image_size
@@ -216,7 +217,8 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
 
 def _supervised_loader(data_dir, dataset, *, split, image_size, batch_size, seed, train,
                        label_fraction, worker_count, num_epochs, shard_index, shard_count,
-                       aug, segmentation, indices, uncertain='ignore', classes=None):
+                       aug, segmentation, indices,
+                       uncertain=label_policy.DEFAULT_POLICY, classes=None):
   shard = _shard(shard_index, shard_count)
   aug = augment.default_classification_augment_config() if aug is None else aug
   source = sources.data_source(data_dir, dataset, split)
@@ -249,7 +251,8 @@ def classification_loader(data_dir: str, dataset: str, *, split: str, image_size
                           label_fraction: float = 1.0, worker_count: int = 0,
                           num_epochs: int | None = 1, shard_index: int | None = None,
                           shard_count: int | None = None, aug=None,
-                          indices: Sequence[int] | None = None, uncertain: str = 'ignore',
+                          indices: Sequence[int] | None = None,
+                          uncertain: str = label_policy.DEFAULT_POLICY,
                           classes: Sequence[int] | None = None):
   """Batches {'image', 'label', 'label_mask', 'file_name', 'mask'} of batch_size per process.
 

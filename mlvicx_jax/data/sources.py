@@ -95,7 +95,8 @@ def file_names(data_dir: str, dataset: str, split: str) -> list[str]:
   return [source[i]['file_name'].decode('utf-8') for i in range(len(source))]
 
 
-def file_names_and_labels(data_dir: str, dataset: str, split: str, uncertain: str = 'u_zeros',
+def file_names_and_labels(data_dir: str, dataset: str, split: str,
+                          uncertain: str = label_policy.DEFAULT_POLICY,
                           classes: Sequence[int] | None = None) -> tuple[list[str], np.ndarray]:
   """File names and (N, K) labels (`uncertain` policy, masked read 0) of a split, one pass."""
   source = _undecoded_source(data_dir, dataset, split)

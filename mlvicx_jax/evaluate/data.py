@@ -47,8 +47,14 @@ class TaskData:
     Labels under the task's policy, masked entries as 0 (not a positive).
     """
     from mlvicx_jax.data import sources  # pylint: disable=g-import-not-at-top
-    return sources.file_names_and_labels(self.data_dir, self.dataset, 'train',
-                                           self.uncertain or 'u_zeros', self.class_indices)
+    return sources.file_names_and_labels(self.data_dir, self.dataset, 'train', self.policy,
+                                         self.class_indices)
+
+  @property
+  def policy(self) -> str:
+    """The uncertainty policy to read with (any reads alike without uncertain labels)."""
+    from mlvicx_jax.data import label_policy  # pylint: disable=g-import-not-at-top
+    return self.uncertain or label_policy.DEFAULT_POLICY
 
   def label_record(self) -> Optional[dict]:
     """The record's `label_policy`: the uncertainty policy and classes used.
@@ -94,7 +100,7 @@ def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS, *,
     raise ValueError(f'config.{e}') from None
   policy = None
   if sources.has_feature(data_dir, dataset, 'uncertain'):
-    policy = label_policy.check_policy(uncertain or 'ignore')
+    policy = label_policy.check_policy(uncertain or label_policy.DEFAULT_POLICY)
   if indices is not None:
     names = tuple(names[i] for i in indices)
   return TaskData(data_dir, dataset, names, sizes, indices, policy)
@@ -168,7 +174,7 @@ def loader(config, data: TaskData, split: str, *, train: bool,
   if segmentation:
     return pipelines.segmentation_loader(data.data_dir, data.dataset, **common)
   return pipelines.classification_loader(data.data_dir, data.dataset, **common,
-                                         uncertain=data.uncertain or 'ignore',
+                                         uncertain=data.policy,
                                          classes=data.class_indices)
 
 

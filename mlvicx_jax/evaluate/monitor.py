@@ -39,9 +39,10 @@ def _local(tree):
 class KnnMonitor:
   """monitor(variables) -> {'knn/mean_auc': float}."""
 
-  def __init__(self, config, data_dir: str, model, dataset: str = ''):
+  def __init__(self, config, data_dir: str, model, dataset: str):
+    """dataset: the labelled build to score (train/data.monitor_dataset)."""
     self._cfg = config.monitor
-    self._data_dir, self._dataset = data_dir, dataset or config.dataset
+    self._data_dir, self._dataset = data_dir, dataset
     self._image_size = config.image_size
     self._seed = config.seed
     self._indices = {
