@@ -23,7 +23,7 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mlvicx_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mlvicx_jax import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _STEPS = flags.DEFINE_integer('steps', 10, 'Training steps per run.')
 _SKIP = flags.DEFINE_integer('skip', 2, 'Logged steps left out of the median.')
@@ -62,7 +62,7 @@ def run_once(data_dir: str, mode: str, workers: int) -> dict:
 def main(argv):
   del argv
   with tempfile.TemporaryDirectory() as tmp:
-    data_dir = prepare_lib.prepare_synthetic('nih', tmp, _IMAGES.value, image_size=256)
+    data_dir = synthetic.prepare('nih', tmp, _IMAGES.value, image_size=256)
     print(f'\nconfigs/nih.py{":" + _VARIANT.value if _VARIANT.value else ""}, batch '
           f'{_BATCH.value}, {_SIZE.value} px, {_STEPS.value} steps, {os.cpu_count()} CPUs')
     print('| aug.on | grain workers | pairs/s median [min, max] | first step s | wall s |')

@@ -24,7 +24,7 @@ from mlvicx_jax.data import augment  # pylint: disable=g-import-not-at-top,wrong
 from mlvicx_jax.data import pipelines  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mlvicx_jax.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mlvicx_jax import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'A prepared data_dir; default: synthetic.')
 _DATASET = flags.DEFINE_string('dataset', 'nih', "Dataset, e.g. 'nih' or 'nih/s256'.")

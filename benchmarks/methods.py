@@ -27,7 +27,8 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mlvicx_jax import demo  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mlvicx_jax import pretrained  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mlvicx_jax import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -48,7 +49,7 @@ def _narrow(widths):
 
 def method_config(name: str, steps: int):
   """The demo's recipe with the method's network and loss."""
-  base = importlib.import_module('configs.demo').get_config('')
+  base = importlib.import_module('configs.demo').get_config('').pretrain
   own = importlib.import_module(f'configs.pretrain.{name}').get_config('')
   base.method, base.loss = own.method, own.loss
   for field in ('context_blocks', 'multilevel', 'head_hidden_norm', 'head_output_norm',
@@ -60,12 +61,11 @@ def method_config(name: str, steps: int):
     base.loss.queue_size = _QUEUE.value
   base.num_train_steps = base.checkpoint_every_steps = steps
   base.monitor.every_steps = steps
-  del base['demo']
   return base
 
 
 def probe_auc(config, checkpoint: str, out: str) -> list[float]:
-  probe = importlib.import_module('configs.demo').get_config('').demo
+  probe = importlib.import_module('configs.demo').get_config('').probe
   probe.label_fractions = (_FRACTION.value,)
   probe.seeds = tuple(int(s) for s in _SEEDS.value)
   probe.checkpoint, probe.data_dir, probe.name = checkpoint, config.data_dir, 'probe'
@@ -77,7 +77,7 @@ def main(argv):
   root = os.path.abspath(_WORKDIR.value)
   rows, seconds = [], {}
   data_config = method_config('mlvicx', _STEPS.value)
-  demo.prepare_synthetic_data(data_config, os.path.join(root, 'data'))
+  synthetic.data_dir_for(data_config, os.path.join(root, 'data'))
   for name in _METHODS.value:
     config = method_config(name, _STEPS.value)
     config.data_dir = data_config.data_dir
@@ -90,7 +90,7 @@ def main(argv):
     knn = [r['knn/mean_auc'] for r in logged if 'knn/mean_auc' in r]
     rows.append((name, seconds[name], knn[-1] if knn else float('nan'),
                  probe_auc(config, workdir, os.path.join(workdir, 'probe'))))
-  random_dir = demo.save_random_init(data_config, os.path.join(root, 'random_init'))
+  random_dir = pretrained.save_random_init(data_config, os.path.join(root, 'random_init'))
   rows.append(('random init (MLVICX network)', None, None,
                probe_auc(data_config, random_dir, os.path.join(root, 'random_init_probe'))))
   reference = seconds.get('mlvicx')

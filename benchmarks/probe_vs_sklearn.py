@@ -2,7 +2,7 @@ r"""The demo's frozen probe against scikit-learn on the same pretrained features
 
   python benchmarks/probe_vs_sklearn.py --workdir=/tmp/mlvicx_demo [--label_fraction=1.0]
 
-Reads a finished demo workdir (`python -m mlvicx_jax.main --config=configs/demo.py`),
+Reads a finished demo workdir (`python -m mlvicx_jax.demo`),
 embeds every training, validation and test image with
 `pretrained.load(WORKDIR).embed(...)['features']` (the public API, not the
 evaluation harness), fits one scikit-learn logistic regression per label

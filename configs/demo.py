@@ -1,6 +1,10 @@
 """The embedded demo: synthetic NIH -> MLVICX pretraining -> linear probes.
 
-  python -m mlvicx_jax.main --config=configs/demo.py --workdir=DIR
+  python -m mlvicx_jax.demo --workdir=DIR [--config=configs/demo.py[:smoke]]
+
+Two sections: `pretrain` (a configs/nih.py config; override as
+--config.pretrain.num_train_steps=100) and `probe` (a configs/eval config;
+--config.probe.seeds='(0,)'), plus `margin_n_boot`.
 
 Needs no downloaded data and takes about 7 minutes on a 2-core CPU: a narrow
 ResNet (the same code, fewer channels and blocks) pretrains for 300 steps on
@@ -20,8 +24,8 @@ warmup a tenth of the run (2.1 of 21 epochs) and everything else as here
   LARS, base_lr 0.2 (official)      0.484 / 0.476   std 0.06 by step 30, 0.26 at the end
   LARS, base_lr 0.05                0.553 / 0.647   std 0.27 at the end
   random init (same network)        0.545 / 0.593
-(`--config.optim.optimizer=lars --config.optim.base_lr=0.2
---config.optim.weight_decay=1e-6 --config.optim.warmup_epochs=2.1`.) And
+(`--config.pretrain.optim.optimizer=lars --config.pretrain.optim.base_lr=0.2
+--config.pretrain.optim.weight_decay=1e-6 --config.pretrain.optim.warmup_epochs=2.1`.) And
 milder photometric augmentation: the synthetic findings are largely
 intensity patterns, which strong brightness/contrast jitter teaches the
 encoder to ignore. `:smoke` is a seconds-long version for the tests.
@@ -36,28 +40,29 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   variant = arg or 'demo'
   if variant not in ('demo', 'smoke'):
     raise ValueError(f"configs/demo.py: unknown variant {variant!r}; use '' or 'smoke'")
-  c = nih.get_config('smoke')
-  c.synthetic_images = 1200
-  c.synthetic_image_size = 128
-  c.image_size = 96
-  c.global_batch_size = 64
-  c.num_train_steps = 300
-  c.checkpoint_every_steps = 100
-  c.log_every_steps = 10
-  c.monitor.every_steps = 100      # k-NN mean AUC on validation, beside the loss
-  c.monitor.train_examples = 0     # all ~860 synthetic train images
-  c.model.stage_sizes = (1, 1, 1, 1)
-  c.model.width = 32
-  c.model.global_head = (512, 512, 512)
-  c.model.multilevel_size = 24
-  c.model.multilevel_channels = 64
-  c.model.multilevel_head = (512, 512, 512)
-  c.optim.optimizer = 'adamw'
-  c.optim.base_lr = 0.008          # peak 2e-3 at batch 64
-  c.optim.weight_decay = 1e-4
-  c.optim.warmup_epochs = 1.0
-  c.optim.cosine_over = 'after_warmup'
-  for view in (c.aug.view1, c.aug.view2):
+  c = ml_collections.ConfigDict()
+  p = c.pretrain = nih.get_config('smoke')
+  p.synthetic_images = 1200
+  p.synthetic_image_size = 128
+  p.image_size = 96
+  p.global_batch_size = 64
+  p.num_train_steps = 300
+  p.checkpoint_every_steps = 100
+  p.log_every_steps = 10
+  p.monitor.every_steps = 100      # k-NN mean AUC on validation, beside the loss
+  p.monitor.train_examples = 0     # all ~860 synthetic train images
+  p.model.stage_sizes = (1, 1, 1, 1)
+  p.model.width = 32
+  p.model.global_head = (512, 512, 512)
+  p.model.multilevel_size = 24
+  p.model.multilevel_channels = 64
+  p.model.multilevel_head = (512, 512, 512)
+  p.optim.optimizer = 'adamw'
+  p.optim.base_lr = 0.008          # peak 2e-3 at batch 64
+  p.optim.weight_decay = 1e-4
+  p.optim.warmup_epochs = 1.0
+  p.optim.cosine_over = 'after_warmup'
+  for view in (p.aug.view1, p.aug.view2):
     view.crop_scale = (0.4, 1.0)
     view.brightness = 0.1
     view.contrast = 0.1
@@ -65,28 +70,28 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     view.solarize_prob = 0.0
 
   # Frozen linear probes after pretraining; the first fraction is the headline.
-  c.demo = common.classification('nih')
-  c.demo.protocol = 'frozen'
-  c.demo.label_fractions = (0.3, 1.0)
-  c.demo.seeds = (0, 1, 2)
-  c.demo.image_size = c.image_size
-  c.demo.batch_size = 64
-  c.demo.eval_batch_size = 128
-  c.demo.num_epochs = 600          # cached features: epochs cost milliseconds
-  c.demo.patience = 40             # so both probes train to convergence
-  c.demo.worker_count = 0
-  c.demo.n_boot = 200
-  c.demo.save_model = False
-  c.demo_margin_n_boot = 1000     # paired bootstrap of the pretrained - random-init margin
+  c.probe = common.classification('nih')
+  c.probe.protocol = 'frozen'
+  c.probe.label_fractions = (0.3, 1.0)
+  c.probe.seeds = (0, 1, 2)
+  c.probe.image_size = p.image_size
+  c.probe.batch_size = 64
+  c.probe.eval_batch_size = 128
+  c.probe.num_epochs = 600          # cached features: epochs cost milliseconds
+  c.probe.patience = 40             # so both probes train to convergence
+  c.probe.worker_count = 0
+  c.probe.n_boot = 200
+  c.probe.save_model = False
+  c.margin_n_boot = 1000            # paired bootstrap of the pretrained - random-init margin
 
   if variant == 'smoke':
-    c.synthetic_images = 64
-    c.global_batch_size = 16
-    c.num_train_steps = 4
-    c.checkpoint_every_steps = 4
-    c.log_every_steps = 1
-    c.demo.seeds = (0,)
-    c.demo.num_epochs = 3
-    c.demo.n_boot = 20
-    c.demo_margin_n_boot = 50
+    p.synthetic_images = 64
+    p.global_batch_size = 16
+    p.num_train_steps = 4
+    p.checkpoint_every_steps = 4
+    p.log_every_steps = 1
+    c.probe.seeds = (0,)
+    c.probe.num_epochs = 3
+    c.probe.n_boot = 20
+    c.margin_n_boot = 50
   return c

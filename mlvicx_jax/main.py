@@ -6,14 +6,14 @@ Re-running with the same DIR resumes from its latest checkpoint. On several
 hosts every process runs the same command (see launch/).
 """
 import os
-import sys
-import time
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+
+from mlvicx_jax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
@@ -27,15 +27,6 @@ flags.DEFINE_integer('process_id', None, 'This process (multi-process runs).')
 flags.DEFINE_bool('distributed', None, 'Force jax.distributed.initialize() on (auto-detected '
                   'cluster) or off; default: on when a cluster environment is detected.')
 flags.DEFINE_string('cpu_collectives', 'gloo', 'Cross-process collectives on CPU.')
-
-
-class _QuietLibraries:
-  """Keeps Orbax/grain/TFDS INFO lines out of the console (warnings still show),
-  so the progress bar and this program's own messages stay readable."""
-  _NOISY = ('/orbax/', '/grain/', '/tensorflow_datasets/', '/etils/')
-
-  def filter(self, record) -> bool:
-    return record.levelno >= 30 or not any(n in record.pathname for n in self._NOISY)
 
 
 def _cluster_detected() -> bool:
@@ -63,46 +54,17 @@ def initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  started = time.time()
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.quiet_libraries()
   initialize_distributed()
   config = FLAGS.config
-  if 'demo' in config:  # configs/demo.py: data, pretraining, then the probes
-    from mlvicx_jax import demo  # pylint: disable=g-import-not-at-top
-    demo.run(config, FLAGS.workdir, started)
-    return
-  from mlvicx_jax import demo  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax import synthetic  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import config_check  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
   config_check.validate(config)
-  demo.prepare_synthetic_data(config, FLAGS.workdir)
+  synthetic.data_dir_for(config, FLAGS.workdir)  # only configs with synthetic_images > 0
   loop.pretrain(config, FLAGS.workdir)
-
-
-def _expected_errors() -> tuple:
-  """Errors that are the user's to fix: one message, no traceback."""
-  from mlvicx_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from mlvicx_jax.train import config_check  # pylint: disable=g-import-not-at-top
-  from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
-  from mlvicx_jax.train import resume  # pylint: disable=g-import-not-at-top
-  from mlvicx_jax.train import workdir_lock  # pylint: disable=g-import-not-at-top
-  return (config_check.ConfigError, resume.ConfigDriftError, resume.RestoreError,
-          workdir_lock.WorkdirLockedError, checkpoint.CheckpointError, loop.NonFiniteLossError,
-          FileNotFoundError)
-
-
-def run(argv):
-  """main, with the user's errors printed as one message and exit status 1."""
-  try:
-    main(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    if not isinstance(e, _expected_errors()):
-      raise
-    logging.flush()
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(run)
+  app.run(cli.exit_on_user_errors(main, cli.pretraining_errors))

@@ -5,6 +5,7 @@
 """
 import dataclasses
 import functools
+import os
 from typing import Optional
 
 import jax
@@ -56,3 +57,20 @@ def load(path: str, step: Optional[int] = None) -> Pretrained:
   checkpoint.check_tree(expected, variables, f'checkpoint {path}')
   variables = jax.tree.map(jnp.asarray, variables)
   return Pretrained(cfg, variables, meta, step)
+
+
+def save_random_init(config, path: str) -> str:
+  """The untrained network of a pretraining config (its seed) as a checkpoint.
+
+  A random-init baseline with the pretrained layout: its meta says `random_init`,
+  so evaluation re-estimates its BatchNorm statistics. Kept if `path` exists.
+  """
+  if os.path.isdir(path):
+    return path
+  model = models.build_model(config.model)
+  variables = jax.jit(lambda rng: model.init(
+      rng, jnp.zeros((2, config.image_size, config.image_size, 3)), train=False))(
+          jax.random.PRNGKey(config.seed))
+  meta = {'model_config': checkpoint.config_to_json(config.model), 'source': 'random init',
+          'random_init': True}
+  return checkpoint.save_model(path, jax.device_get(variables), meta)

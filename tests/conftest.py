@@ -34,8 +34,8 @@ def synthetic_root(tmp_path_factory):
 @pytest.fixture(scope='session')
 def nih_data_dir(synthetic_root):
   """120 synthetic NIH films built into a TFDS data_dir."""
+  from mlvicx_jax import synthetic  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  from mlvicx_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   raw = str(synthetic_root / 'raw_nih')
   synthetic.generate('nih', raw, 120, seed=0, image_size=128)
   data_dir = str(synthetic_root / 'tfds')
@@ -57,8 +57,8 @@ def mixture_data_dir(nih_data_dir, synthetic_root):
 @pytest.fixture(scope='session')
 def siim_data_dir(synthetic_root, nih_data_dir):
   """40 synthetic SIIM films (balanced, with RLE masks) in the same data_dir."""
+  from mlvicx_jax import synthetic  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  from mlvicx_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   raw = str(synthetic_root / 'raw_siim')
   synthetic.generate('siim', raw, 40, seed=0, image_size=128)
   prepare.prepare('siim', raw, nih_data_dir, image_size=STORED_SIZE, num_workers=0)
@@ -67,12 +67,8 @@ def siim_data_dir(synthetic_root, nih_data_dir):
 
 def load_config(relative_path: str, variant: str = ''):
   """A config file's get_config(variant), loaded as the absl config flag would."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path = os.path.join(REPO, relative_path)
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  from mlvicx_jax import config_files  # pylint: disable=g-import-not-at-top
+  return config_files.load(relative_path, variant)
 
 
 @pytest.fixture(scope='session')

@@ -19,7 +19,7 @@ from mlvicx_jax.evaluate import records
 
 def test_demo_smoke_writes_summary_and_report(tmp_path):
   workdir = tmp_path / 'demo'
-  out = subprocess.run([sys.executable, '-m', 'mlvicx_jax.main', '--config=configs/demo.py:smoke',
+  out = subprocess.run([sys.executable, '-m', 'mlvicx_jax.demo', '--config=configs/demo.py:smoke',
                         f'--workdir={workdir}'], cwd=REPO, capture_output=True, text=True,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'), check=False)
   assert out.returncode == 0, out.stderr[-4000:]

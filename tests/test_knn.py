@@ -5,8 +5,7 @@ import pytest
 from sklearn import metrics as sk_metrics
 from sklearn import neighbors
 
-from mlvicx_jax.evaluate import knn
-from mlvicx_jax.evaluate import metrics
+from mlvicx_jax.train import knn
 
 
 def _random_set(n_train=300, n_query=50, dim=64, n_labels=7, seed=0):
@@ -93,7 +92,7 @@ def test_auc_matches_sklearn_and_skips_single_valued_labels():
   rng = np.random.default_rng(6)
   query_labels = (rng.random((80, 7)) < 0.3).astype(int)
   query_labels[:, 3] = 0  # no positive: AUC undefined, left out of the mean
-  with pytest.warns(metrics.SingleValuedClassWarning):
+  with pytest.warns(knn.SingleValuedLabelWarning):
     mean, per_label = knn.knn_mean_auc(train, labels, query, query_labels)
   scores = knn.knn_scores(train, labels, query)
   expected = [sk_metrics.roc_auc_score(query_labels[:, c], scores[:, c])

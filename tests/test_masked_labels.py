@@ -21,7 +21,7 @@ from mlvicx_jax.evaluate import classification
 from mlvicx_jax.evaluate import data as data_lib
 from mlvicx_jax.evaluate import metrics
 from mlvicx_jax.evaluate import records
-from mlvicx_jax.evaluate import report_lib
+from mlvicx_jax.report import summary as summary_lib
 
 COMPETITION = ['Cardiomegaly', 'Edema', 'Consolidation', 'Atelectasis', 'Pleural Effusion']
 CSV_ORDER = ['No Finding', 'Enlarged Cardiomediastinum', 'Cardiomegaly', 'Lung Opacity',
@@ -95,7 +95,7 @@ def test_masked_bootstrap_equals_a_sklearn_bootstrap(tmp_path):
                                classification.summary(labels, scores, list('abc')))
   records.write_run_record(str(tmp_path), record, {'labels': labels, 'scores': scores})
   (loaded,) = records.load_run_records(str(tmp_path))
-  ci, source = report_lib.run_ci(loaded, 60, 0.05, 0)
+  ci, source = summary_lib.run_ci(loaded, 60, 0.05, 0)
   assert source == 'bootstrap'
   np.testing.assert_allclose(ci, expected, atol=1e-12)
   assert loaded['test']['mean_auc'] == pytest.approx(
@@ -132,7 +132,7 @@ def test_masked_bce_equals_numpy():
 def chexpert_dir(tmp_path_factory):
   """60 synthetic CheXpert films (release layout) built at 96 px."""
   from mlvicx_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  from mlvicx_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax import synthetic  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('chexpert')
   synthetic.generate('chexpert', str(root / 'raw'), 60, seed=0, image_size=96)
   data_dir = str(root / 'tfds')

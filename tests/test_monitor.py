@@ -11,7 +11,7 @@ from mlvicx_jax import pretrained
 from mlvicx_jax.data import pipelines
 from mlvicx_jax.data import sources
 from mlvicx_jax.data import splits
-from mlvicx_jax.evaluate import knn
+from mlvicx_jax.train import knn
 from mlvicx_jax.train import loop
 
 TRAIN_EXAMPLES = 40

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from mlvicx_jax.evaluate import paper_results
+from mlvicx_jax.report import paper_results
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PAPER_MD = REPO.parent / 'shared' / 'paper_results.md'

@@ -15,7 +15,8 @@ from scipy import stats
 from sklearn import metrics as sk_metrics
 
 from mlvicx_jax.evaluate import records
-from mlvicx_jax.evaluate import report_lib
+from mlvicx_jax import report as report_lib
+from mlvicx_jax.report import summary as summary_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -81,7 +82,7 @@ def test_new_fields_round_trip_and_dice_counts_ci(tmp_path):
                                   {'dice_counts': counts})
   (loaded,) = records.load_run_records(str(tmp_path))
   assert {k: loaded[k] for k in fields} == fields
-  ci, source = report_lib.run_ci(loaded, 300, 0.05, 0)
+  ci, source = summary_lib.run_ci(loaded, 300, 0.05, 0)
   assert source == 'bootstrap' and ci[0] < dice < ci[1] < ci[0] + 0.3
   with open(path[:-len('.json')] + '.csv', encoding='utf-8') as f:
     (row,) = list(csv.DictReader(f))

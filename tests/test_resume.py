@@ -17,8 +17,6 @@ import pytest
 from conftest import load_config
 from conftest import REPO
 from mlvicx_jax import checkpoint
-from mlvicx_jax import models
-from mlvicx_jax.data import augment
 from mlvicx_jax.train import resume
 from mlvicx_jax.train import workdir_lock
 
@@ -118,7 +116,6 @@ def test_lock_drift_damage_and_stale_lock_on_one_workdir(nih_data_dir, tmp_path)
 
 
 def _config(**overrides):
-  from conftest import load_config  # pylint: disable=g-import-not-at-top
   config = load_config('configs/nih.py', 'smoke')
   config.update(overrides)
   return config
@@ -186,14 +183,9 @@ def test_lock_of_another_host_is_not_taken_and_object_stores_get_none(tmp_path, 
   assert 'no workdir lock' in caplog.text
 
 
-@pytest.mark.parametrize('variant, model_variant', [('', 'official'), ('paper', 'paper'),
-                                                    ('smoke', 'tiny')])
-def test_nih_config_spells_out_the_code_defaults(variant, model_variant):
-  """configs/nih.py holds its values (it imports only ml_collections); the code's
-  defaults fill the fields that older runs lack, so the two must agree."""
-  config = load_config('configs/nih.py', variant)
-  assert config.model.to_dict() == models.model_config(model_variant).to_dict()
-  assert config.aug.to_dict() == augment.default_augment_config().to_dict()
+def test_nih_config_is_readable_alone():
+  """configs/nih.py holds the model and augmentation values (the code reads them from
+  there, config_files), so it imports nothing but ml_collections."""
   with open(os.path.join(REPO, 'configs', 'nih.py')) as f:
     imports = [line for line in f if line.startswith(('import ', 'from '))]
   assert imports == ['import ml_collections\n']

@@ -1,9 +1,8 @@
-"""Data: TFDS builders, synthetic chest X-rays, grain pipelines.
+"""Data: TFDS builders, grain pipelines, augmentation (synthetic data: mlvicx_jax.synthetic).
 
   info          class names and dataset facts (dataset_info)
   builders/     one TFDS builder per layout (nih, vinbig, rsna, siim, chexpert, folder)
   prepare       python -m mlvicx_jax.data.prepare: build array_record files
-  synthetic     python -m mlvicx_jax.data.synthetic: fake data in real layouts
   sources       the prepared builds: data_source, class_names, file names and labels
   pipelines     pretrain_loader, classification_loader, segmentation_loader
   mixture       weighted mixtures of builds as one pretraining stream

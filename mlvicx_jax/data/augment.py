@@ -20,49 +20,28 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from mlvicx_jax import config_files
 from mlvicx_jax.data import info as info_lib
 
 _RESAMPLE = {'bicubic': Image.Resampling.BICUBIC, 'bilinear': Image.Resampling.BILINEAR,
              'nearest': Image.Resampling.NEAREST}
 
 
-def _view_config(blur_prob: float, solarize_prob: float) -> dict[str, Any]:
-  return dict(
-      crop_scale=(0.08, 1.0),  # RandomResizedCrop area fraction.
-      crop_ratio=(3 / 4, 4 / 3),  # RandomResizedCrop aspect ratio.
-      interpolation='bicubic',
-      hflip_prob=0.5,
-      jitter_prob=0.8,  # ColorJitter(0.4, 0.4, ...) applied with this chance.
-      brightness=0.4,
-      contrast=0.4,
-      blur_prob=blur_prob,
-      blur_sigma=(0.1, 2.0),
-      blur_kernel_size=23,  # torchvision GaussianBlur(23): radius 11 px.
-      solarize_prob=solarize_prob,
-      solarize_threshold=128,  # On the 0..255 scale, as torchvision.
-      rotation_prob=0.0,  # Optional small rotation (off in VICReg).
-      rotation_degrees=10.0,
-  )
-
-
 def default_augment_config() -> ml_collections.ConfigDict:
-  """VICReg's asymmetric two-view recipe; view2 differs in blur and solarise."""
-  return ml_collections.ConfigDict(dict(
-      # 'device': the host ships uint8 images and the train step makes the views
-      # (device_augment); 'host': numpy/PIL views made by the grain workers;
-      # 'auto': 'device' on GPU/TPU, 'host' on CPU (see placement).
-      on='auto',
-      view1=_view_config(blur_prob=1.0, solarize_prob=0.0),
-      view2=_view_config(blur_prob=0.1, solarize_prob=0.2),
-      mean=info_lib.IMAGENET_MEAN,
-      std=info_lib.IMAGENET_STD,
-  ))
+  """VICReg's asymmetric two-view recipe (view2 differs in blur and solarise), and
+  where the views are made (`on`: see placement).
+
+  The values are written once, as `aug` of configs/nih.py; this reads them.
+  """
+  return config_files.load(config_files.PRETRAINING).aug
 
 
 def default_classification_augment_config() -> ml_collections.ConfigDict:
-  """Mild training augmentation for linear probes, fine-tuning and U-Net."""
-  view = _view_config(blur_prob=0.0, solarize_prob=0.0)
-  view.update(crop_scale=(0.7, 1.0), jitter_prob=0.5, brightness=0.1, contrast=0.1)
+  """Mild training augmentation for linear probes, fine-tuning and U-Net: the
+  pretraining view without blur and solarise, with gentler crops and jitter."""
+  view = default_augment_config().view1
+  view.update(dict(blur_prob=0.0, solarize_prob=0.0, crop_scale=(0.7, 1.0), jitter_prob=0.5,
+                   brightness=0.1, contrast=0.1))
   return ml_collections.ConfigDict(dict(
       view=view, mean=info_lib.IMAGENET_MEAN, std=info_lib.IMAGENET_STD))
 

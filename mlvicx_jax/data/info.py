@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
-DATASETS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert', 'folder')
+from mlvicx_jax import vocabulary
+
+DATASETS = vocabulary.DATASETS
 
 # SPEC section 3 order; "No Finding" is the all-zero vector.
 NIH_CLASSES = (

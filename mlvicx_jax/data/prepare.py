@@ -76,23 +76,6 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, *,
   return final
 
 
-def prepare_synthetic(dataset: str, root: str, num_images: int, *, image_size: int,
-                      seed: int = 0) -> str:
-  """Synthetic `dataset` in its real layout under root/raw, built into root/tfds.
-
-  For runs that need no downloaded data (the demo, smoke configs); a build
-  already there is reused. Returns the TFDS data_dir.
-  """
-  from mlvicx_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  data_dir = os.path.join(root, 'tfds')
-  if not os.path.isdir(os.path.join(data_dir, dataset)):
-    raw = os.path.join(root, 'raw')
-    logging.info('Writing %d synthetic %s images to %s', num_images, dataset, raw)
-    synthetic.generate(dataset, raw, num_images, seed=seed, image_size=image_size)
-    prepare(dataset, raw, data_dir, image_size=image_size, seed=seed)
-  return data_dir
-
-
 def _swap_into_place(built: epath.Path, final: epath.Path) -> None:
   """Moves a finished build to `final`, replacing an older one by renames."""
   if not final.exists():

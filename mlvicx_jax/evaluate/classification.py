@@ -34,12 +34,13 @@ import optax
 
 from mlvicx_jax import checkpoint
 from mlvicx_jax import models
+from mlvicx_jax import vocabulary
 from mlvicx_jax.evaluate import data as data_lib
 from mlvicx_jax.evaluate import harness
 from mlvicx_jax.evaluate import metrics
 from mlvicx_jax.models import classifier as classifier_lib
 
-TASKS = ('nih', 'vinbig', 'rsna', 'chexpert')
+TASKS = vocabulary.CLASSIFICATION_TASKS
 MODELS_SUBDIR = 'classifiers'
 MODEL_KIND = 'classifier'  # meta['kind'] of a saved classifier
 

@@ -32,6 +32,7 @@ import numpy as np
 from mlvicx_jax import checkpoint
 from mlvicx_jax import models
 from mlvicx_jax import pretrained
+from mlvicx_jax import vocabulary
 from mlvicx_jax.models import resnet
 
 RANDOM_INIT = 'random'  # config.checkpoint=random: the random-init baseline
@@ -70,7 +71,7 @@ def load_encoder(checkpoint_path: str, context_blocks: str = 'keep',
   if checkpoint_path == RANDOM_INIT:
     cfg = models.model_config(model_variant)
     return Encoder(cfg, models.build_backbone(cfg, keep), None, RANDOM_INIT, context_blocks,
-                   random_init=True, method='random')
+                   random_init=True, method=vocabulary.RANDOM_INIT)
   path = os.path.abspath(os.path.expanduser(checkpoint_path))
   if not os.path.isdir(path):
     raise checkpoint.CheckpointError(f'config.checkpoint: directory {path} does not exist')
@@ -83,7 +84,7 @@ def load_encoder(checkpoint_path: str, context_blocks: str = 'keep',
   checkpoint.check_tree(expected, variables, f'backbone of checkpoint {path}')
   random_init = bool(loaded.meta.get('random_init', False))
   return Encoder(cfg, module, variables, path, context_blocks, random_init=random_init,
-                 method='random' if random_init else pretraining_method(loaded.meta))
+                 method=vocabulary.RANDOM_INIT if random_init else pretraining_method(loaded.meta))
 
 
 def pretraining_method(meta: dict) -> Optional[str]:

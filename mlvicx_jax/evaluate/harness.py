@@ -34,12 +34,13 @@ import optax
 
 from mlvicx_jax import checkpoint
 from mlvicx_jax import optim
+from mlvicx_jax import vocabulary
 from mlvicx_jax.evaluate import data as data_lib
 from mlvicx_jax.evaluate import early_stopping
 from mlvicx_jax.evaluate import encoder as encoder_lib
 from mlvicx_jax.evaluate import records
 
-PROTOCOLS = ('frozen', 'finetune')
+PROTOCOLS = vocabulary.PROTOCOLS
 
 
 def check_config(config, tasks: Sequence[str]) -> None:

@@ -57,7 +57,7 @@ import re
 
 import numpy as np
 
-from mlvicx_jax.evaluate import paper_results
+from mlvicx_jax import vocabulary
 
 SCHEMA_VERSION = 1
 RECORD_PREFIX = 'run_record_'
@@ -68,6 +68,7 @@ METRIC_TITLES = {'mean_auc': 'mean AUC', 'accuracy': 'accuracy', 'dice': 'Dice (
                  'dice_per_image': 'Dice (per image)'}
 REQUIRED_FIELDS = ('task', 'protocol', 'label_fraction', 'seed', 'checkpoint',
                    'metric_name', 'test')
+METHOD_NAMES = vocabulary.METHODS + (vocabulary.RANDOM_INIT,)  # encoder.method
 SOURCE_KEY = '_source'  # path a loaded record came from; never written
 FLOOR_FIELDS = ('floors', 'val_floors')
 # Optional dict fields the report states per run set, so a typo must not pass silently:
@@ -81,7 +82,7 @@ FIELD_SPECS = {
                      'size': 'int', 'added_for_positives': 'int'},
 }
 _KIND_TEXT = {'bool': 'true or false', 'int': 'an integer', 'int|null': 'an integer or null',
-              'method|null': f'one of {tuple(paper_results.PAPER_ROWS)} or null'}
+              'method|null': f'one of {METHOD_NAMES} or null'}
 
 
 def _finite_or_none(value):
@@ -105,7 +106,7 @@ def _spec_ok(value, kind) -> bool:
   if kind == 'bool':
     return isinstance(value, (bool, np.bool_))
   if kind == 'method|null':
-    return value is None or value in paper_results.PAPER_ROWS
+    return value is None or value in METHOD_NAMES
   return _is_int(value) or (value is None and kind == 'int|null')
 
 
@@ -177,8 +178,8 @@ def validate_record(record: Mapping, source: str = 'run record') -> dict:
   if version != SCHEMA_VERSION:
     raise ValueError(f'{source}: schema_version {version!r} is not {SCHEMA_VERSION}')
   try:
-    out['task'] = paper_results.normalize_task(out['task'])
-    out['protocol'] = paper_results.normalize_protocol(out['protocol'])
+    out['task'] = vocabulary.normalize_task(out['task'])
+    out['protocol'] = vocabulary.normalize_protocol(out['protocol'])
   except ValueError as e:
     raise ValueError(f'{source}: {e}') from None
   fraction = out['label_fraction']
@@ -232,7 +233,7 @@ def make_record(task: str, protocol: str, label_fraction: float, seed: int,
   fields (floors, encoder, label_subset, selection_metric, ...).
   """
   if metric_name is None:
-    metric_name = paper_results.PAPER_METRIC[paper_results.normalize_task(task)]
+    metric_name = vocabulary.TASK_METRIC[vocabulary.normalize_task(task)]
   record = dict(schema_version=SCHEMA_VERSION, task=task, protocol=protocol,
                 label_fraction=label_fraction, seed=seed, checkpoint=checkpoint,
                 metric_name=metric_name, test=dict(test),

@@ -36,13 +36,14 @@ import numpy as np
 import optax
 
 from mlvicx_jax import checkpoint
+from mlvicx_jax import vocabulary
 from mlvicx_jax.evaluate import data as data_lib
 from mlvicx_jax.evaluate import dice as dice_lib
 from mlvicx_jax.evaluate import harness
 from mlvicx_jax.evaluate import metrics
 from mlvicx_jax.models import unet
 
-TASKS = ('siim',)
+TASKS = vocabulary.SEGMENTATION_TASKS
 MODELS_SUBDIR = 'unets'
 METRIC = 'dice'
 

@@ -4,6 +4,7 @@ import functools
 import jax.numpy as jnp
 import ml_collections
 
+from mlvicx_jax import config_files
 from mlvicx_jax.models.attention import ContextBottleneck
 from mlvicx_jax.models.classifier import Classifier
 from mlvicx_jax.models.heads import MultiLevelBranch, ProjectionHead
@@ -17,44 +18,15 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float
 
 
 def model_config(variant: str = 'official') -> ml_collections.ConfigDict:
-  """Architecture knobs. 'official' = the official code, 'paper' = the paper text.
+  """Architecture knobs: 'official' = the official code, 'paper' = the paper text,
+  'tiny' = a narrow, shallow network for tests and smoke runs.
 
-  'tiny' is a narrow, shallow network for tests and smoke runs.
+  The values are written once, as `model` of configs/nih.py ('', ':paper',
+  ':smoke'); this reads them from there.
   """
-  c = ml_collections.ConfigDict()
-  c.stage_sizes = (2, 2, 2, 2)        # ResNet18
-  c.width = 64                        # channels of the stem and layer1
-  c.context_blocks = True             # CBAM after stem and each stage
-  c.reduction = 2                     # channel-attention MLP ratio
-  c.spatial_kernel = 7
-  c.global_head = (4096, 4096, 4096)  # paper text: three layers of 2048
-  c.head_hidden_norm = True           # BN after each hidden Linear of the global head
-  c.head_output_norm = 'affine'       # BN after its last Linear: 'affine' | 'plain' | 'none'
-  c.head_output_bias = True
-  c.predictor = ()                    # BYOL / SimSiam predictor widths on z (empty: none)
-  c.predictor_output_norm = 'none'
-  c.multilevel = True                 # False: global VICReg only (L_G ablation)
-  c.levels = (0, 1, 2, 3, 4)          # stem, layer1..layer4
-  c.multilevel_size = 64              # common size of the bilinear resize
-  c.multilevel_channels = 512         # width of the per-level 1x1 projection
-  c.multilevel_pool = 4
-  c.multilevel_head = (4096, 4096, 4096)
-  c.aggregation = 'sum'               # paper text: 'concat'
-  c.multilevel_impl = 'folded'        # 'naive' = resize to 64x64 first (official cost)
-  c.dtype = 'float32'                 # compute dtype; parameters stay float32
-  if variant == 'paper':
-    c.global_head = (2048, 2048, 2048)
-    c.aggregation = 'concat'
-  elif variant == 'tiny':
-    c.stage_sizes = (1, 1, 1, 1)
-    c.width = 16
-    c.global_head = (128, 128, 128)
-    c.multilevel_size = 16
-    c.multilevel_channels = 32
-    c.multilevel_head = (128, 128, 128)
-  elif variant != 'official':
+  if variant not in config_files.MODEL_VARIANTS:
     raise ValueError(f"unknown model variant {variant!r}: use 'official', 'paper' or 'tiny'")
-  return c
+  return config_files.load(config_files.PRETRAINING, config_files.MODEL_VARIANTS[variant]).model
 
 
 def _dtype(cfg):

@@ -25,12 +25,12 @@ from mlvicx_jax import models
 from mlvicx_jax import optim
 from mlvicx_jax.data import augment
 from mlvicx_jax.data import device_augment
-from mlvicx_jax.evaluate import monitor
 from mlvicx_jax.train import compile_cache
 from mlvicx_jax.train import config_check
 from mlvicx_jax.train import data as train_data
 from mlvicx_jax.train import methods
 from mlvicx_jax.train import metrics_log
+from mlvicx_jax.train import monitor
 from mlvicx_jax.train import resume
 from mlvicx_jax.train import workdir_lock
 from mlvicx_jax.train.step import TrainState, make_train_step

@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from mlvicx_jax import losses
+from mlvicx_jax import vocabulary
 from mlvicx_jax.optim import ema
 
-METHODS = ('mlvicx', 'vicreg', 'barlow_twins', 'simclr', 'moco_v2', 'byol', 'simsiam')
+METHODS = vocabulary.METHODS
 VICREG_TERMS = ('global/inv', 'global/var', 'global/cov', 'local/inv', 'local/var',
                 'local/cov', 'loss')
 

@@ -38,7 +38,7 @@ from mlvicx_jax.data import mixture
 FREE_FIELDS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
                'keep_last_checkpoints', 'keep_every_steps', 'async_checkpointing',
                'worker_count', 'inject_nan_at_step', 'data_dir', 'init_from',
-               'allow_resume_changes', 'demo', 'demo_margin_n_boot', 'compilation_cache_dir',
+               'allow_resume_changes', 'compilation_cache_dir',
                'monitor')
 FIXED_FIELDS = ('method', 'model', 'loss', 'dataset', 'split', 'image_size', 'synthetic_images',
                 'synthetic_image_size')

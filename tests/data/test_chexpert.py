@@ -210,7 +210,7 @@ def test_unknown_cell_names_file_line_and_column(tmp_path):
 
 
 def test_synthetic_writer_has_the_release_quirks(tmp_path):
-  from mlvicx_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax import synthetic  # pylint: disable=g-import-not-at-top
   counts = synthetic.generate('chexpert', str(tmp_path), 200, seed=0, image_size=48)
   release = tmp_path / RELEASE
   tables = {}

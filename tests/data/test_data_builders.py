@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from mlvicx_jax.data import builders
 from mlvicx_jax.data import sources
 from mlvicx_jax.data import prepare as prepare_lib
-from mlvicx_jax.data import synthetic
+from mlvicx_jax import synthetic
 
 SIZE = 64
 # SPEC section 3 order, written out independently of the code's constant.

@@ -10,7 +10,7 @@ import pytest
 
 from mlvicx_jax.data import images as image_io
 from mlvicx_jax.data import rle as rle_lib
-from mlvicx_jax.data import synthetic
+from mlvicx_jax.synthetic import files as synthetic_files
 
 
 def reference_rle_decode(rle, height, width):
@@ -139,7 +139,7 @@ def test_dicom_8bit_without_window_kept_and_deep_stretched(tmp_path):
 def test_jpeg_baseline_dicom_roundtrip(tmp_path):
   pixels = (np.add.outer(np.arange(32), np.arange(40)) * 3).astype(np.uint8)
   path = str(tmp_path / 'j.dcm')
-  synthetic.write_dicom(path, pixels, patient_id='p', study_uid='1.2.3', series_uid='1.2.4',
+  synthetic_files.write_dicom(path, pixels, patient_id='p', study_uid='1.2.3', series_uid='1.2.4',
                         sop_uid='1.2.5', jpeg=True)
   ds = pydicom.dcmread(path)
   assert ds.file_meta.TransferSyntaxUID == uids.JPEGBaseline8Bit

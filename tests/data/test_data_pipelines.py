@@ -6,7 +6,7 @@ from mlvicx_jax.data import augment
 from mlvicx_jax.data import pipelines
 from mlvicx_jax.data import sources
 from mlvicx_jax.data import prepare as prepare_lib
-from mlvicx_jax.data import synthetic
+from mlvicx_jax import synthetic
 
 SIZE = 64
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)

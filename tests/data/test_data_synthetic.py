@@ -9,8 +9,8 @@ import pydicom
 from pydicom import uid as uids
 import pytest
 
-from mlvicx_jax.data import phantom
-from mlvicx_jax.data import synthetic
+from mlvicx_jax.synthetic import phantom
+from mlvicx_jax import synthetic
 
 
 def test_nih_layout_header_and_label_mix(tmp_path):

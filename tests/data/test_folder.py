@@ -15,7 +15,7 @@ from conftest import load_config
 from mlvicx_jax.data import builders
 from mlvicx_jax.data import sources
 from mlvicx_jax.data import prepare as prepare_lib
-from mlvicx_jax.data import synthetic
+from mlvicx_jax.synthetic import files as synthetic_files
 
 SIZE = 96  # >= 96 px: XLA on CPU is very slow on smaller maps
 FILLERS = 20  # plain 8-bit PNGs, so that train+validation fills a smoke batch of 16
@@ -37,7 +37,7 @@ def _write_tree(root):
   rgb = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
   Image.fromarray(rgb).save(root / 'b' / 'color.JPG', quality=95)
   dicom = rng.integers(0, 4096, (SIZE, SIZE)).astype(np.uint16)
-  synthetic.write_dicom(str(root / 'c' / 'film.dcm'), dicom, patient_id='p7',
+  synthetic_files.write_dicom(str(root / 'c' / 'film.dcm'), dicom, patient_id='p7',
                         study_uid='1.2.3', series_uid='1.2.4', sop_uid='1.2.5',
                         photometric='MONOCHROME1', bits_stored=12, window=(2000.0, 2001.0))
   Image.fromarray(gray).save(root / 'c' / 'cut.png')

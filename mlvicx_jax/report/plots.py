@@ -17,9 +17,10 @@ from matplotlib import ticker
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from mlvicx_jax.evaluate import paper_results
+from mlvicx_jax import vocabulary
 from mlvicx_jax.evaluate import records as records_lib
-from mlvicx_jax.evaluate import report_lib
+from mlvicx_jax.report import paper_results
+from mlvicx_jax.report import summary as summary_lib
 
 
 def _new_figure(width: float, height: float) -> mpl_figure.Figure:
@@ -135,8 +136,8 @@ def write_report_plots(run_sets: Mapping[str, Sequence[Mapping]],
   chosen = {}
   for name, records in run_sets.items():
     for r in sorted(records, key=lambda r: r['seed']):
-      key = (report_lib.row_label(name, r), r['task'], r['protocol'],
-             report_lib.fraction_key(r['label_fraction']))
+      key = (summary_lib.row_label(name, r), r['task'], r['protocol'],
+             summary_lib.fraction_key(r['label_fraction']))
       if key not in chosen and r.get('predictions'):
         predictions = records_lib.load_predictions(r)
         if 'scores' in predictions:
@@ -154,7 +155,7 @@ def write_report_plots(run_sets: Mapping[str, Sequence[Mapping]],
         p['labels'], p['scores'],
         None if names is None else [str(n) for n in names], path, title))
   # Metric against label fraction, per task and metric.
-  for task in paper_results.TASKS:
+  for task in vocabulary.TASKS:
     for metric in records_lib.METRIC_NAMES:
       rows = [r for r in summary if r['task'] == task and r['metric'] == metric]
       if not rows:
@@ -168,7 +169,7 @@ def write_report_plots(run_sets: Mapping[str, Sequence[Mapping]],
                                           [r['mean'] for r in cell],
                                           [r['sd'] for r in cell])
       paper = {}
-      if metric == paper_results.PAPER_METRIC[task]:
+      if metric == vocabulary.TASK_METRIC[task]:
         for protocol in dict.fromkeys(r['protocol'] for r in rows):
           points = [(f, paper_results.paper_reference(task, protocol, f))
                     for f in paper_results.FRACTIONS]

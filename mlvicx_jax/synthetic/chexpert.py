@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mlvicx_jax.data import info as info_lib
-from mlvicx_jax.data import phantom
+from mlvicx_jax.synthetic import phantom
 
 RELEASE = 'CheXpert-v1.0-small'
 HEADER = ('Path', 'Sex', 'Age', 'Frontal/Lateral', 'AP/PA') + info_lib.CHEXPERT_CLASSES

@@ -1,26 +1,24 @@
-"""The evaluation report: aggregation of run records and report.md.
+"""Aggregation of run records: cells (mean and sd over seeds), per-class AUCs,
+empty-prediction floors, paired t-tests between run sets and per-run intervals.
 
-The report (`python -m mlvicx_jax.report`) reads every run record (schema in
-`records`) under one or more run directories ("run sets") and writes tables
-in the paper's layouts (sections built in `report_markdown`).
+Pure numpy and scipy over validated records; `build` writes them out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import collections
-import json
 import math
-import os
 import warnings
 
 import numpy as np
 
+from mlvicx_jax import vocabulary
 from mlvicx_jax.evaluate import dice as dice_lib
 from mlvicx_jax.evaluate import metrics
-from mlvicx_jax.evaluate import paper_results
 from mlvicx_jax.evaluate import records as records_lib
-from mlvicx_jax.evaluate import report_markdown as md
+from mlvicx_jax.report import markdown as md
+from mlvicx_jax.report import paper_results
 from mlvicx_jax.evaluate.records import METRIC_NAMES, SOURCE_KEY
 
 # Standard deviations over seeds are sample standard deviations.
@@ -87,7 +85,7 @@ def summarize(run_sets: Mapping[str, Sequence[Mapping]]) -> list[dict]:
     pairs = sorted(cells[key])
     mean, sd = mean_sd([v for _, v in pairs])
     paper = None
-    if metric == paper_results.PAPER_METRIC[task]:
+    if metric == vocabulary.TASK_METRIC[task]:
       paper = paper_results.paper_reference(task, protocol, fraction, methods[key])
     rows.append(dict(run_set=run_set, row=label, task=task, protocol=protocol,
                      paper_method=methods[key], metric=metric, fraction=fraction, n=len(pairs),
@@ -158,8 +156,8 @@ def paired_tests(records_a: Sequence[Mapping], records_b: Sequence[Mapping]
 
   table_a, table_b = index(records_a), index(records_b)
   results = []
-  order = lambda k: (paper_results.TASKS.index(k[0]),
-                     paper_results.PROTOCOLS.index(k[1]),
+  order = lambda k: (vocabulary.TASKS.index(k[0]),
+                     vocabulary.PROTOCOLS.index(k[1]),
                      METRIC_NAMES.index(k[2]), k[3])
   for key in sorted(set(table_a) & set(table_b), key=order):
     seeds_a, seeds_b = table_a[key], table_b[key]
@@ -223,139 +221,3 @@ def run_ci(record: Mapping, n_boot: int, alpha: float, seed: int
     else:
       return None, ''
   return [float(ci[0]), float(ci[1])], 'bootstrap'
-
-
-# --- the report --------------------------------------------------------------
-
-
-def _unique_labels(run_dirs: Sequence[str],
-                   labels: Sequence[str] | None) -> list[str]:
-  if labels:
-    if len(labels) != len(run_dirs):
-      raise ValueError(f'{len(labels)} labels for {len(run_dirs)} run sets')
-    names = list(labels)
-  else:
-    names = [os.path.basename(os.path.normpath(d)) or d for d in run_dirs]
-  if len(set(names)) != len(names):
-    names = [f'{chr(ord("A") + i)}: {n}' if i < 26 else f'{i}: {n}'
-             for i, n in enumerate(names)]
-  return names
-
-
-def build_report(run_dirs: Sequence[str], out_dir: str,
-                 labels: Sequence[str] | None = None,
-                 all_methods: bool = False, n_boot: int = 1000,
-                 alpha: float = 0.05, seed: int = 0, decimals: int = 3,
-                 plots: bool = True) -> dict:
-  """Reads run sets and writes report.md, summary.json, runs.csv and PNGs.
-
-  Args:
-    run_dirs: directories (or globs) of run records, one per run set.
-    out_dir: output directory (created).
-    labels: names of the run sets (default: directory names).
-    all_methods: also list every method of the paper, not only MLVICX.
-    n_boot: bootstrap resamples for runs with predictions but no recorded
-      CI (0 disables).
-    alpha: 0.05 gives 95% intervals.
-    seed: bootstrap seed.
-    decimals: digits of reproduced numbers in the markdown.
-    plots: write the PNG figures.
-
-  Returns:
-    {'markdown', 'summary', 'csv': paths, 'plots': [paths]}.
-  """
-  from mlvicx_jax.evaluate import plots as plots_lib  # matplotlib is slow
-
-  if not run_dirs:
-    raise ValueError('no run sets given')
-  names = _unique_labels(run_dirs, labels)
-  run_sets = {}
-  for name, run_dir in zip(names, run_dirs):
-    records = records_lib.load_run_records(run_dir)
-    check_duplicates(name, records)
-    run_sets[name] = records
-  os.makedirs(out_dir, exist_ok=True)
-
-  summary = summarize(run_sets)
-  floors = summarize_floors(run_sets)
-  labelled = [(row_label(name, r), r) for name, records in run_sets.items()
-              for r in records]
-  per_class = summarize_per_class(labelled)
-
-  run_list = []
-  for name, records in run_sets.items():
-    for r in sorted(records, key=lambda r: (
-        r['task'], r['protocol'], r['label_fraction'], r['seed'])):
-      ci, ci_source = run_ci(r, n_boot, alpha, seed)
-      run_list.append(dict(
-          run_set=name, row=row_label(name, r), task=r['task'],
-          protocol=r['protocol'], fraction=fraction_key(r['label_fraction']),
-          seed=r['seed'], metric=r['metric_name'],
-          value=r['test'][r['metric_name']], ci95=ci, ci_source=ci_source,
-          floor=(r.get('floors') or {}).get(r['metric_name']),
-          best_epoch=r.get('best_epoch'), checkpoint=r.get('checkpoint'),
-          source=r.get(SOURCE_KEY)))
-
-  lines = ['# mlvicx_jax evaluation report', '']
-  for name, run_dir in zip(names, run_dirs):
-    lines.append(f'- run set **{name}**: `{run_dir}` '
-                 f'({len(run_sets[name])} records)')
-  lines += ['', 'Protocol (from the records):', '']
-  for name, records in run_sets.items():
-    lines += md.protocol_lines(name, records)
-  lines += ['', 'Reproduced cells: test metric, mean ± sample sd over seeds '
-            f'(ddof={SD_DDOF}), n = number of seeds. Paper cells as printed '
-            '(MLVICX, JBHI 2024).', '']
-  for task in paper_results.TASKS:
-    task_rows = [r for r in summary if r['task'] == task]
-    if task == 'siim':
-      if task_rows:
-        lines += md.siim_section(
-            {m: [r for r in task_rows if r['metric'] == m]
-             for m in md.DICE_METRICS},
-            {(f['metric'], f['protocol'], f['fraction']): f['floor']
-             for f in floors if f['task'] == task}, all_methods, decimals)
-      continue
-    paper_metric = paper_results.PAPER_METRIC[task]
-    for metric in (paper_metric,) + tuple(
-        m for m in METRIC_NAMES if m != paper_metric):
-      metric_rows = [r for r in task_rows if r['metric'] == metric]
-      for protocol in paper_results.PROTOCOLS:
-        rows = [r for r in metric_rows if r['protocol'] == protocol]
-        if rows:
-          lines += md.classification_section(task, protocol, metric, rows,
-                                             all_methods, decimals)
-  lines += md.per_class_section(per_class, decimals)
-  lines += md.runs_section(run_list, decimals)
-
-  tests = {}
-  first = names[0]
-  for other in names[1:]:
-    tests[f'{first} vs {other}'] = paired_tests(run_sets[first],
-                                                run_sets[other])
-    lines += md.ttest_section(first, other, tests[f'{first} vs {other}'],
-                              decimals)
-
-  plot_paths = []
-  if plots:
-    plot_paths = plots_lib.write_report_plots(run_sets, summary, out_dir)
-    if plot_paths:
-      lines += ['## Figures', '']
-      lines += [f'![{os.path.basename(p)}]({os.path.basename(p)})'
-                for p in plot_paths]
-      lines.append('')
-
-  md_path = os.path.join(out_dir, 'report.md')
-  records_lib.atomic_write(md_path, '\n'.join(lines))
-  summary_path = os.path.join(out_dir, 'summary.json')
-  records_lib.atomic_write(summary_path, json.dumps(records_lib.json_ready(
-      {'run_sets': dict(zip(names, run_dirs)), 'cells': summary,
-       'floors': floors, 'runs': run_list, 'paired_tests': tests}),
-      indent=2, allow_nan=False) + '\n')
-  csv_path = os.path.join(out_dir, 'runs.csv')
-  records_lib.atomic_write(csv_path, records_lib.csv_text(
-      [{'run_set': name, **records_lib.flatten_record(r)}
-       for name, records in run_sets.items() for r in records]))
-  return {'markdown': md_path, 'summary': summary_path, 'csv': csv_path,
-          'plots': plot_paths}
-

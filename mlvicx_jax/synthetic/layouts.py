@@ -1,48 +1,17 @@
-r"""Synthetic chest X-ray datasets in the exact on-disk layout of the real ones.
-
-  python -m mlvicx_jax.data.synthetic --dataset=nih --out=RAW --num_images=500 \
-      --seed=0 [--image_size=256] [--nih_layout=images|kaggle]
-
-The images come from `phantom` (anatomy plus findings); every label, box and
-mask is derived from what was drawn, so a model can learn them. The files
-mimic the real releases (SPEC section 3), formats included:
-
-  nih:    Data_Entry_2017.csv (real columns), train_val_list.txt,
-          test_list.txt (patient-disjoint), PNGs in images/ or the Kaggle
-          images_001/images/ ... layout; a few PNGs are RGBA as in the real set.
-  vinbig: train.csv with one row per box per radiologist (3 readers per
-          image, each missing a finding now and then and rarely marking a
-          false one, so 'any' and 'majority' labels differ), 16-bit DICOMs
-          train/<image_id>.dicom, half MONOCHROME1, with window centre/width,
-          rescale slope/intercept or a VOI LUT sequence.
-  rsna:   stage_2_train_labels.csv (one row per box), stage_2_detailed_class_info.csv,
-          JPEG-baseline DICOMs stage_2_train_images/<patientId>.dcm.
-  siim:   train-rle.csv (SIIM relative column-major RLE, several rows for
-          some images), JPEG-baseline DICOMs
-          dicom-images-train/<study>/<series>/<ImageId>.dcm.
-  chexpert: CheXpert-v1.0-small/{train,valid}.csv and JPEGs (synthetic_chexpert).
-
-The JPEG-baseline DICOMs are encoded with Pillow and encapsulated with
-pydicom (pydicom cannot encode JPEG itself); pydicom decodes them with its
-Pillow plugin.
-"""
+"""The per-dataset writers: labels, boxes and masks derived from what `phantom` drew."""
 from __future__ import annotations
 
 import csv
-import io
 import os
 import uuid
-from typing import Sequence
 
-from absl import app
-from absl import flags
 import numpy as np
-from PIL import Image
 import tqdm
 
 from mlvicx_jax.data import info as info_lib
-from mlvicx_jax.data import phantom
 from mlvicx_jax.data import rle as rle_lib
+from mlvicx_jax.synthetic import phantom
+from mlvicx_jax.synthetic.files import new_uid, save_png, to_uint8, write_csv, write_dicom
 
 # Relative frequencies of findings among abnormal images: common classes more
 # often, but every class frequent enough to be learnable from ~1k images.
@@ -107,83 +76,6 @@ def _nih_cooccur(rng, labels: list[str]) -> list[str]:
   return sorted(labels)
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-  return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-
-
-def _save_png(path: str, pixels: np.ndarray, rgba: bool = False) -> None:
-  image = Image.fromarray(pixels)
-  if rgba:
-    image = image.convert('RGBA')
-  image.save(path, format='PNG', compress_level=1)
-
-
-# ----------------------------------------------------------------------------
-# DICOM writing.
-
-
-def _uid(rng) -> str:
-  from pydicom.uid import generate_uid  # pylint: disable=g-import-not-at-top
-  return generate_uid(prefix='1.2.276.0.7230010.3.1.4.', entropy_srcs=[rng.bytes(16).hex()])
-
-
-def write_dicom(path: str, pixels: np.ndarray, *, patient_id: str,
-                study_uid: str, series_uid: str, sop_uid: str,
-                photometric: str = 'MONOCHROME2', bits_stored: int = 8,
-                window: tuple[float, float] | None = None,
-                rescale: tuple[float, float] | None = None,
-                voi_lut: tuple[int, np.ndarray, int] | None = None,
-                jpeg: bool = False) -> None:
-  """Writes a single-frame grayscale DICOM (uncompressed, or JPEG baseline).
-
-  window: (centre, width); rescale: (slope, intercept); voi_lut:
-  (first_mapped_value, lut_entries, bits_per_entry).
-  """
-  import pydicom  # pylint: disable=g-import-not-at-top
-  from pydicom.dataset import FileMetaDataset  # pylint: disable=g-import-not-at-top
-  from pydicom.encaps import encapsulate  # pylint: disable=g-import-not-at-top
-  from pydicom import uid as uids  # pylint: disable=g-import-not-at-top
-
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = uids.DigitalXRayImageStorageForPresentation
-  meta.MediaStorageSOPInstanceUID = sop_uid
-  meta.TransferSyntaxUID = uids.JPEGBaseline8Bit if jpeg else uids.ExplicitVRLittleEndian
-  ds = pydicom.Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, sop_uid
-  ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-  ds.PatientID, ds.Modality, ds.BodyPartExamined = patient_id, 'CR', 'CHEST'
-  ds.ViewPosition = 'PA'
-  ds.Rows, ds.Columns = pixels.shape
-  ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-  ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
-  ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, 0
-  if window is not None:
-    ds.WindowCenter, ds.WindowWidth = f'{window[0]:.1f}', f'{window[1]:.1f}'
-  if rescale is not None:
-    ds.RescaleSlope, ds.RescaleIntercept = f'{rescale[0]:g}', f'{rescale[1]:g}'
-    ds.RescaleType = 'US'
-  if voi_lut is not None:
-    first, lut, lut_bits = voi_lut
-    item = pydicom.Dataset()
-    item.LUTDescriptor = [len(lut) % 65536, int(first), lut_bits]
-    item.LUTData = np.asarray(lut, '<u2').tobytes()
-    ds.VOILUTSequence = pydicom.Sequence([item])
-    ds['VOILUTSequence'][0]['LUTData'].VR = 'OW'
-  if jpeg:
-    if pixels.dtype != np.uint8:
-      raise ValueError('JPEG baseline needs 8-bit pixels')
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format='JPEG', quality=92)
-    ds.PixelData = encapsulate([buffer.getvalue()])
-    ds['PixelData'].VR = 'OB'
-    ds.LossyImageCompression = '01'
-  else:
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    ds['PixelData'].VR = 'OW' if pixels.dtype != np.uint8 else 'OB'
-  ds.save_as(path, enforce_file_format=True)
-
-
 def _vinbig_encoding(rng, image: np.ndarray) -> dict:
   """Stores a [0, 1] film as VinBig-like 16-bit pixels plus display tags.
 
@@ -220,7 +112,7 @@ def _vinbig_encoding(rng, image: np.ndarray) -> dict:
 # Datasets.
 
 
-def _generate_nih(rng, out: str, num_images: int, size: int, layout: str):
+def write_nih(rng, out: str, num_images: int, size: int, layout: str):
   rows, names_by_patient = [], {}
   patient_id = 0
   with tqdm.tqdm(total=num_images, desc='nih', unit='img') as progress:
@@ -247,7 +139,7 @@ def _generate_nih(rng, out: str, num_images: int, size: int, layout: str):
         folder = (os.path.join(out, 'images') if layout == 'images' else os.path.join(
             out, f'images_{(len(rows) - 1) * 12 // num_images + 1:03d}', 'images'))
         os.makedirs(folder, exist_ok=True)
-        _save_png(os.path.join(folder, name), _to_uint8(film.image),
+        save_png(os.path.join(folder, name), to_uint8(film.image),
                   rgba=rng.random() < 0.03)
         names_by_patient.setdefault(patient_id, []).append(name)
         previous = labels
@@ -276,7 +168,7 @@ def _generate_nih(rng, out: str, num_images: int, size: int, layout: str):
           'num_no_finding': sum(r['Finding Labels'] == info_lib.NIH_NO_FINDING for r in rows)}
 
 
-def _generate_vinbig(rng, out: str, num_images: int, size: int):
+def write_vinbig(rng, out: str, num_images: int, size: int):
   class_id = {name: i for i, name in enumerate(info_lib.VINBIG_CLASSES)}
   os.makedirs(os.path.join(out, 'train'), exist_ok=True)
   rows, normal = [], 0
@@ -291,8 +183,8 @@ def _generate_vinbig(rng, out: str, num_images: int, size: int):
     film = phantom.render(rng, height, size, sorted(kinds.values()))
     encoded = _vinbig_encoding(rng, film.image)
     write_dicom(os.path.join(out, 'train', f'{image_id}.dicom'), encoded.pop('pixels'),
-                patient_id='', study_uid=_uid(rng), series_uid=_uid(rng),
-                sop_uid=_uid(rng), **encoded)
+                patient_id='', study_uid=new_uid(rng), series_uid=new_uid(rng),
+                sop_uid=new_uid(rng), **encoded)
     readers = rng.choice(VINBIG_READERS, 3, replace=False)
     normal += not labels
     for reader in readers:
@@ -328,7 +220,7 @@ def _jitter_box(rng, box, width, height):
           min(float(height), max(y1, y0 + 1)))
 
 
-def _generate_rsna(rng, out: str, num_images: int, size: int):
+def write_rsna(rng, out: str, num_images: int, size: int):
   folder = os.path.join(out, 'stage_2_train_images')
   os.makedirs(folder, exist_ok=True)
   labels_rows, class_rows, positives = [], [], 0
@@ -337,9 +229,9 @@ def _generate_rsna(rng, out: str, num_images: int, size: int):
     positive = rng.random() < POSITIVE_FRACTION['rsna']
     findings = ['pneumonia'] if positive else _other_findings(rng)
     film = phantom.render(rng, size, size, findings)
-    write_dicom(os.path.join(folder, f'{patient_id}.dcm'), _to_uint8(film.image),
-                patient_id=patient_id, study_uid=_uid(rng), series_uid=_uid(rng),
-                sop_uid=_uid(rng), jpeg=True)
+    write_dicom(os.path.join(folder, f'{patient_id}.dcm'), to_uint8(film.image),
+                patient_id=patient_id, study_uid=new_uid(rng), series_uid=new_uid(rng),
+                sop_uid=new_uid(rng), jpeg=True)
     if positive:
       positives += 1
       for footprint in film.footprints['pneumonia']:
@@ -351,23 +243,23 @@ def _generate_rsna(rng, out: str, num_images: int, size: int):
     else:
       labels_rows.append([patient_id, '', '', '', '', 0])
       class_rows.append([patient_id, 'No Lung Opacity / Not Normal' if findings else 'Normal'])
-  _write_csv(os.path.join(out, 'stage_2_train_labels.csv'),
+  write_csv(os.path.join(out, 'stage_2_train_labels.csv'),
              ['patientId', 'x', 'y', 'width', 'height', 'Target'], labels_rows)
-  _write_csv(os.path.join(out, 'stage_2_detailed_class_info.csv'),
+  write_csv(os.path.join(out, 'stage_2_detailed_class_info.csv'),
              ['patientId', 'class'], class_rows)
   return {'num_images': num_images, 'num_positive': positives}
 
 
-def _generate_siim(rng, out: str, num_images: int, size: int):
+def write_siim(rng, out: str, num_images: int, size: int):
   rows, positives = [], 0
   for _ in tqdm.trange(num_images, desc='siim', unit='img'):
-    study, series, image_id = _uid(rng), _uid(rng), _uid(rng)
+    study, series, image_id = new_uid(rng), new_uid(rng), new_uid(rng)
     positive = rng.random() < POSITIVE_FRACTION['siim']
     findings = ['pneumothorax'] if positive else _other_findings(rng, 0.25)
     film = phantom.render(rng, size, size, findings)
     folder = os.path.join(out, 'dicom-images-train', study, series)
     os.makedirs(folder, exist_ok=True)
-    write_dicom(os.path.join(folder, f'{image_id}.dcm'), _to_uint8(film.image),
+    write_dicom(os.path.join(folder, f'{image_id}.dcm'), to_uint8(film.image),
                 patient_id=str(uuid.UUID(bytes=rng.bytes(16))), study_uid=study,
                 series_uid=series, sop_uid=image_id, jpeg=True)
     masks = [f > 0.5 for f in film.footprints.get('pneumothorax', [])]
@@ -385,7 +277,7 @@ def _generate_siim(rng, out: str, num_images: int, size: int):
       else:
         parts = [mask]
       rows.extend([image_id, ' ' + rle_lib.rle_encode(p)] for p in parts)
-  _write_csv(os.path.join(out, 'train-rle.csv'), ['ImageId', ' EncodedPixels'], rows)
+  write_csv(os.path.join(out, 'train-rle.csv'), ['ImageId', ' EncodedPixels'], rows)
   return {'num_images': num_images, 'num_positive': positives}
 
 
@@ -394,57 +286,3 @@ def _other_findings(rng, probability: float = 0.45) -> list[str]:
     return []
   count = 1 + int(rng.random() < 0.3)
   return sorted(rng.choice(OTHER_FINDINGS, count, replace=False).tolist())
-
-
-def _write_csv(path: str, header: Sequence[str], rows) -> None:
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f, lineterminator='\n')
-    writer.writerow(header)
-    writer.writerows(rows)
-
-
-# The datasets with a fixed layout ('folder' reads any tree).
-LAYOUTS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert')
-
-
-def generate(dataset: str, out: str, num_images: int, seed: int = 0,
-             image_size: int = 256, nih_layout: str = 'images') -> dict:
-  """Writes `num_images` synthetic images of `dataset` into `out`; returns counts."""
-  if dataset not in LAYOUTS:
-    raise ValueError(f'no synthetic layout for {dataset!r}; expected one of {LAYOUTS} '
-                     '(a folder build reads any tree, e.g. the images/ of a synthetic NIH)')
-  if nih_layout not in ('images', 'kaggle'):
-    raise ValueError(f"nih_layout must be 'images' or 'kaggle', got {nih_layout!r}")
-  os.makedirs(out, exist_ok=True)
-  rng = np.random.default_rng(seed)
-  if dataset == 'nih':
-    return _generate_nih(rng, out, num_images, image_size, nih_layout)
-  if dataset == 'chexpert':
-    from mlvicx_jax.data import synthetic_chexpert  # pylint: disable=g-import-not-at-top
-    return synthetic_chexpert.generate(rng, out, num_images, image_size)
-  return {'vinbig': _generate_vinbig, 'rsna': _generate_rsna,
-          'siim': _generate_siim}[dataset](rng, out, num_images, image_size)
-
-
-def _define_flags():
-  """CLI flags, defined only when run as a program (modules share absl's FLAGS)."""
-  flags.DEFINE_enum('dataset', None, list(LAYOUTS), 'Layout to write.')
-  flags.DEFINE_string('out', None, 'Output folder (a manual_dir for prepare).')
-  flags.DEFINE_integer('num_images', 200, 'Number of images.')
-  flags.DEFINE_integer('seed', 0, 'Random seed.')
-  flags.DEFINE_integer('image_size', 256, 'Image width in pixels (real: 1024+).')
-  flags.DEFINE_enum('nih_layout', 'images', ['images', 'kaggle'],
-                    "NIH: images/ or Kaggle's images_001/images/ ...")
-  flags.mark_flags_as_required(['dataset', 'out'])
-
-
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  summary = generate(f.dataset, f.out, f.num_images, f.seed, f.image_size, f.nih_layout)
-  print(f'{f.dataset} -> {f.out}: {summary}')
-
-
-if __name__ == '__main__':
-  _define_flags()
-  app.run(main)

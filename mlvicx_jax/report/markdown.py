@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 import math
 
-from mlvicx_jax.evaluate import paper_results
+from mlvicx_jax import vocabulary
+from mlvicx_jax.report import paper_results
 from mlvicx_jax.evaluate.records import METRIC_TITLES
 
 _DASH = '–'
@@ -52,7 +53,7 @@ def _paper_rows(task: str, protocol: str, fractions: Sequence[float],
 def classification_section(task, protocol, metric, rows, all_methods,
                             decimals) -> list[str]:
   fractions = sorted({r['fraction'] for r in rows})
-  paper_metric = (metric == paper_results.PAPER_METRIC[task]
+  paper_metric = (metric == vocabulary.TASK_METRIC[task]
                   and paper_results.paper_table_for(task, protocol) is not None)
   if paper_metric:
     fractions = sorted(set(fractions) | set(paper_results.FRACTIONS))
@@ -111,12 +112,12 @@ def siim_section(rows_by_metric: Mapping[str, list], floors: Mapping,
 
 
 def _dice_table(metric, rows, floors, all_methods, decimals) -> list[str]:
-  beside_paper = metric == paper_results.PAPER_METRIC['siim']
+  beside_paper = metric == vocabulary.TASK_METRIC['siim']
   columns = {(r['protocol'], r['fraction']) for r in rows}
   if beside_paper:
     columns |= set(paper_results.TABLE_III_COLUMNS)
   columns = sorted(columns, key=lambda c: (
-      paper_results.PROTOCOLS.index(c[0]), c[1]))
+      vocabulary.PROTOCOLS.index(c[0]), c[1]))
   body = []
   if beside_paper:
     for method in _paper_methods(rows, all_methods):
@@ -151,8 +152,8 @@ def _dice_table(metric, rows, floors, all_methods, decimals) -> list[str]:
 def per_class_section(per_class: Mapping, decimals: int) -> list[str]:
   lines = []
   rows = list(dict.fromkeys(label for label, _, _ in per_class))
-  order = lambda key: (paper_results.TASKS.index(key[1]),
-                       paper_results.PROTOCOLS.index(key[2]),
+  order = lambda key: (vocabulary.TASKS.index(key[1]),
+                       vocabulary.PROTOCOLS.index(key[2]),
                        rows.index(key[0]))
   for label, task, protocol in sorted(per_class, key=order):
     classes = per_class[(label, task, protocol)]

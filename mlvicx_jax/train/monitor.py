@@ -20,7 +20,7 @@ import numpy as np
 from mlvicx_jax.data import pipelines
 from mlvicx_jax.data import sources
 from mlvicx_jax.data import splits
-from mlvicx_jax.evaluate import knn
+from mlvicx_jax.train import knn
 
 
 def _subset(data_dir: str, dataset: str, split: str, count: int, seed: int):

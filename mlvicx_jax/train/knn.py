@@ -17,12 +17,14 @@ is DINO's class vote divided by its total, so the ranking is unchanged.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sklearn import metrics as sk_metrics
 
 from mlvicx_jax import losses
-from mlvicx_jax.evaluate import metrics
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 _l2_normalise_jit = jax.jit(losses.l2_normalize)
@@ -111,14 +113,37 @@ def knn_mean_auc(train_features, train_labels, query_features, query_labels,
                  chunk_size: int = 1024) -> tuple[float, np.ndarray]:
   """Mean ROC AUC of the k-NN scores over labels, and each label's AUC.
 
-  AUC is `metrics.per_class_auc`: a label whose query labels are all 0 or all
-  1 has no AUC (NaN, with a `metrics.SingleValuedClassWarning`) and is left
-  out of the mean, as everywhere in the evaluation; NaN if no label is left.
+  A label whose query labels are all 0 or all 1 has no AUC (NaN, with a
+  `SingleValuedLabelWarning`) and is left out of the mean, as in the
+  evaluation's metrics; NaN if no label is left.
 
   Returns:
     (mean_auc, per_label_auc) with per_label_auc a (C,) float64 array.
   """
   scores = knn_scores(train_features, train_labels, query_features, k=k,
                       temperature=temperature, chunk_size=chunk_size)
-  per_label = metrics.per_class_auc(query_labels, scores)
-  return metrics._nanmean_or_nan(per_label), per_label  # pylint: disable=protected-access
+  per_label = label_aucs(np.asarray(query_labels), scores)
+  finite = per_label[np.isfinite(per_label)]
+  return (float(finite.mean()) if finite.size else float('nan')), per_label
+
+
+class SingleValuedLabelWarning(UserWarning):
+  """A label with a single value among the queries has no AUC."""
+
+
+def label_aucs(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+  """ROC AUC of each label column (scikit-learn's), NaN for a single-valued one.
+
+  Rows whose label is NaN (masked, e.g. CheXpert's uncertain) are left out of
+  that column, as in the evaluation's metrics.
+  """
+  out = np.full(labels.shape[1], np.nan)
+  for c in range(labels.shape[1]):
+    keep = np.isfinite(labels[:, c])
+    column, column_scores = labels[keep, c], scores[keep, c]
+    if np.unique(column).size < 2:
+      warnings.warn(f'label {c} has a single value among the queries: no AUC',
+                    SingleValuedLabelWarning)
+      continue
+    out[c] = sk_metrics.roc_auc_score(column, column_scores)
+  return out

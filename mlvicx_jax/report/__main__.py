@@ -24,7 +24,7 @@ import sys
 from absl import app
 from absl import flags
 
-from mlvicx_jax.evaluate import report_lib
+from mlvicx_jax.report import build as report_build
 
 _RUNS = flags.DEFINE_multi_string(
     'runs', [], 'Run set directory or glob of run records; repeat (or '
@@ -61,7 +61,7 @@ def main(argv):
     raise app.UsageError('--runs is required: a directory of run records')
   out_dir = _OUT.value or os.path.join(run_dirs[0], 'report')
   try:
-    outputs = report_lib.build_report(
+    outputs = report_build.build_report(
         run_dirs, out_dir, labels=_LABELS.value or None,
         all_methods=_ALL_METHODS.value, n_boot=_N_BOOT.value,
         alpha=_ALPHA.value, seed=_SEED.value, decimals=_DECIMALS.value,

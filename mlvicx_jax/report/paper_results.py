@@ -5,16 +5,16 @@ arXiv 2403.11504) so reports can put reproduced numbers beside published
 ones. Each table keeps the paper's row layout to make checking against the
 paper easy; use the accessors rather than the dicts.
 
-Names used throughout the project:
-  task: 'nih' | 'vinbig' | 'rsna' | 'siim' | 'chexpert' (not in the paper)
-  protocol: 'frozen' (linear probe on a frozen backbone) | 'finetune'
-  fraction: label fraction as a float, 0.01 | 0.1 | 0.3 | 1.0 ('ALL')
+Tasks and protocols are spelled as in `mlvicx_jax.vocabulary`; a label
+fraction is a float, 0.01 | 0.1 | 0.3 | 1.0 ('ALL').
 """
 
 from __future__ import annotations
 
 import math
 from typing import Union
+
+from mlvicx_jax import vocabulary
 
 METHODS = ('Rand. Init', 'SimCLR', 'MoCov2', 'BYOL', 'SimSiam',
            'Barlow-Twins', 'VicReg', 'Inter MoCo', 'PCRLv1', 'CAiD', 'PCRLv2',
@@ -25,14 +25,8 @@ OURS = 'MLVICX'
 PAPER_ROWS = {'mlvicx': 'MLVICX', 'vicreg': 'VicReg', 'barlow_twins': 'Barlow-Twins',
               'simclr': 'SimCLR', 'moco_v2': 'MoCov2', 'byol': 'BYOL', 'simsiam': 'SimSiam',
               'random': 'Rand. Init'}
-TASKS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert')
-PROTOCOLS = ('frozen', 'finetune')
 FRACTIONS = (0.01, 0.1, 0.3, 1.0)
 
-# The metric the paper reports per task (record `metric_name` values).
-PAPER_METRIC = {'nih': 'mean_auc', 'vinbig': 'mean_auc',
-                'rsna': 'accuracy', 'siim': 'dice',
-                'chexpert': 'mean_auc'}  # CheXpert: not in the paper; the usual metric
 TASK_TITLES = {'nih': 'NIH ChestX-ray14', 'vinbig': 'VinBig-CXR',
                'rsna': 'RSNA Pneumonia', 'siim': 'SIIM-ACR Pneumothorax',
                'chexpert': 'CheXpert'}
@@ -145,37 +139,13 @@ TABLES = ('I', 'II', 'III', 'IV')
 
 Setting = Union[str, tuple[str, ...]]
 
-_TASK_ALIASES = {
-    'nih': 'nih', 'nihchestxray14': 'nih', 'chestxray14': 'nih',
-    'vinbig': 'vinbig', 'vinbigcxr': 'vinbig', 'vindrcxr': 'vinbig',
-    'rsna': 'rsna', 'rsnapneumonia': 'rsna',
-    'siim': 'siim', 'siimacr': 'siim',
-    'chexpert': 'chexpert',
-}
-_PROTOCOL_ALIASES = {'frozen': 'frozen', 'finetune': 'finetune'}
 _ABLATION_ALIASES = {'ll': 'L_L', 'lg': 'L_G', 'lgll': 'L_G+L_L',
                      'lllg': 'L_G+L_L'}
 
 
-def _key(name: str) -> str:
-  """Lower case without spaces or punctuation, for lenient name matching."""
-  return ''.join(ch for ch in str(name).lower() if ch.isalnum())
-
-
-def normalize_task(task: str) -> str:
-  try:
-    return _TASK_ALIASES[_key(task)]
-  except KeyError:
-    raise ValueError(
-        f'unknown task {task!r}; expected one of {TASKS}') from None
-
-
-def normalize_protocol(protocol: str) -> str:
-  try:
-    return _PROTOCOL_ALIASES[_key(protocol)]
-  except KeyError:
-    raise ValueError(f'unknown protocol {protocol!r}; expected one of '
-                     f'{PROTOCOLS}') from None
+normalize_task = vocabulary.normalize_task
+normalize_protocol = vocabulary.normalize_protocol
+_key = vocabulary.name_key
 
 
 def normalize_method(method: str) -> str:
@@ -321,7 +291,7 @@ def paper_reference(task: str, protocol: str, fraction: Union[float, str],
                     method: str = OURS) -> float | None:
   """The paper's number for a reproduced setting, or None if not reported.
 
-  The number is in the metric PAPER_METRIC[task]. Unknown task, protocol
+  The number is in the metric vocabulary.TASK_METRIC[task]. Unknown task, protocol
   or method names raise ValueError; a fraction or cell the paper does not
   report gives None.
   """
