@@ -32,7 +32,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # On a grayscale film replicated to 3 channels only brightness and contrast
   # of ColorJitter act. 'on': 'device' = views made in the train step from the
   # stored uint8 image, 'host' = by the grain workers, 'auto' = 'device' on
-  # GPU/TPU and 'host' on CPU (measured; README, Benchmarks).
+  # GPU/TPU and 'host' on CPU (measured; docs/benchmarks.md).
   c.aug = ml_collections.ConfigDict()
   c.aug.on = 'auto'
   for name, blur_prob, solarize_prob in (('view1', 1.0, 0.0), ('view2', 0.1, 0.2)):
@@ -106,7 +106,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # torchvision state dict with mlvicx_jax.tools.import_torch and point here.
   c.init_from = ''
 
-  # Online k-NN monitor (mlvicx_jax/evaluate/monitor.py): every `every_steps`,
+  # Online k-NN monitor (mlvicx_jax/train/monitor.py): every `every_steps`,
   # a weighted k-NN on frozen features of `train_examples` labelled NIH train
   # images, scored as mean AUC on the validation split (knn/mean_auc).
   c.monitor = ml_collections.ConfigDict()

@@ -93,8 +93,6 @@ class ContextBottleneck(nn.Module):
     return self.sam(x) * x
 
 
-
-
 class ProjectionMLP(nn.Module):
 
   def __init__(self, in_dim, widths):

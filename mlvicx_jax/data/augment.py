@@ -54,7 +54,7 @@ def placement(config) -> str:
 
   'auto' picks 'device' on accelerators, where host augmentation cannot keep
   up, and 'host' on CPU, where both compete for the same cores and the host
-  path measured slightly faster end to end (README, Benchmarks). A config
+  path measured slightly faster end to end (docs/benchmarks.md). A config
   without the field predates device augmentation and means 'host'.
   """
   on = as_dict(config).get('on', 'host')

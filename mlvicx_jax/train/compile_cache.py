@@ -14,7 +14,7 @@ directory is set, and keeps using that directory and that decision; so
 jax.experimental.compilation_cache) to make a new directory take effect in
 a process that already compiled something or already used another cache.
 The cache works on CPU too (jax lists cpu among its supported platforms;
-entries are written there, see tests/test_compile_cache.py). jax's
+entries are written there, see tests/train/test_compile_cache.py). jax's
 `jax_persistent_cache_enable_xla_caches` only adds GPU caches (per-fusion
 autotuning results) inside the same directory, and is left at its default.
 

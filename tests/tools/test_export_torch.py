@@ -17,13 +17,12 @@ import pytest
 torch = pytest.importorskip('torch')
 
 import torch_reference as tr  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import REPO
 from mlvicx_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax import pretrained  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.tools import export_torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.tools import import_torch  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _leaves(tree):

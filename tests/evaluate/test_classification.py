@@ -18,13 +18,13 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 from conftest import REPO
-from eval_helpers import assert_trees_bitwise_equal
-from eval_helpers import checkpoint_trunk
-from eval_helpers import eval_config
-from eval_helpers import numpy_variables
-from eval_helpers import save_tiny_checkpoint
-from eval_helpers import split_images
-from eval_helpers import sub_tree
+from helpers import assert_trees_bitwise_equal
+from helpers import checkpoint_trunk
+from helpers import eval_config
+from helpers import numpy_variables
+from helpers import save_tiny_checkpoint
+from helpers import split_images
+from helpers import sub_tree
 from mlvicx_jax import checkpoint
 from mlvicx_jax import evaluate
 from mlvicx_jax import models

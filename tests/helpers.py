@@ -1,4 +1,4 @@
-"""Helpers shared by the downstream-evaluation tests."""
+"""The one helpers module of the tests: evaluation configs, checkpoints, variable trees."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,6 +1,5 @@
 """import_torch refuses anything it cannot map completely, naming the tensor."""
 import argparse
-import os
 import subprocess
 import sys
 
@@ -10,11 +9,10 @@ import pytest
 torch = pytest.importorskip('torch')
 
 import torch_reference as tr  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import REPO
 from mlvicx_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax import pretrained  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlvicx_jax.tools import import_torch  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from conftest import REPO
 from mlvicx_jax.train import compile_cache
 
 HIT = '/jax/compilation_cache/cache_hits'
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)

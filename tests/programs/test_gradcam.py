@@ -10,8 +10,8 @@ import pytest
 from mlvicx_jax import checkpoint
 from mlvicx_jax import gradcam
 from mlvicx_jax import models
-from eval_helpers import numpy_variables
-from eval_helpers import save_tiny_checkpoint
+from helpers import numpy_variables
+from helpers import save_tiny_checkpoint
 from mlvicx_jax.evaluate import classification
 from mlvicx_jax.evaluate import harness
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from eval_helpers import eval_config
-from eval_helpers import split_images
+from helpers import eval_config
+from helpers import split_images
 from mlvicx_jax import evaluate
 from mlvicx_jax.evaluate import classification
 from mlvicx_jax.evaluate import data as data_lib

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eval_helpers import checkpoint_trunk
-from eval_helpers import eval_config
-from eval_helpers import split_images
+from helpers import checkpoint_trunk
+from helpers import eval_config
+from helpers import split_images
 from mlvicx_jax import pretrained
 from mlvicx_jax.evaluate import classification
 from mlvicx_jax.evaluate import data as data_lib

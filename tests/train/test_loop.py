@@ -11,11 +11,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import REPO
 from conftest import load_config
 from mlvicx_jax import pretrained
 from mlvicx_jax.train import config_check
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from eval_helpers import numpy_variables
+from helpers import numpy_variables
 from mlvicx_jax import models
 from mlvicx_jax.train import loop
 from mlvicx_jax.train import methods

@@ -5,9 +5,10 @@ import re
 
 import pytest
 
+import conftest
 from mlvicx_jax.report import paper_results
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(conftest.REPO)
 PAPER_MD = REPO.parent / 'shared' / 'paper_results.md'
 
 

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 
+from conftest import REPO
 from mlvicx_jax.data import splits
 from mlvicx_jax.data.pipelines import label_fraction_indices
 
@@ -47,8 +48,7 @@ def test_same_in_a_fresh_process_with_another_hash_seed():
           f'print(json.dumps(f({NAMES[:200]!r}, 0.1, 5).tolist()))')
   env = dict(os.environ, PYTHONHASHSEED='123')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                       env=env, check=True, cwd=os.path.dirname(os.path.dirname(
-                           os.path.dirname(os.path.abspath(__file__)))))
+                       env=env, check=True, cwd=REPO)
   assert json.loads(out.stdout) == label_fraction_indices(NAMES[:200], 0.1, 5).tolist()
 
 

@@ -14,11 +14,12 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sk_metrics
 
+import conftest
 from mlvicx_jax.evaluate import records
-from mlvicx_jax import report as report_lib
+from mlvicx_jax import report
 from mlvicx_jax.report import summary as summary_lib
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(conftest.REPO)
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
@@ -139,7 +140,7 @@ def test_duplicate_runs_are_rejected(tmp_path):
   records.write_run_record(str(tmp_path / 'a'), record)
   records.write_run_record(str(tmp_path / 'b'), record)
   with pytest.raises(ValueError, match='two records'):
-    report_lib.build_report([str(tmp_path)], str(tmp_path / 'out'),
+    report.build_report([str(tmp_path)], str(tmp_path / 'out'),
                             plots=False)
 
 
@@ -400,7 +401,7 @@ def test_each_method_is_reported_beside_its_own_paper_row(tmp_path):
   _write_run_set(tmp_path / 'mlvicx', nih, {}, with_predictions=False,
                  encoder=dict(_KEPT, method='mlvicx'))
   out = tmp_path / 'report'
-  report_lib.build_report([str(tmp_path / 'byol'), str(tmp_path / 'mlvicx')], str(out),
+  report.build_report([str(tmp_path / 'byol'), str(tmp_path / 'mlvicx')], str(out),
                           n_boot=50, plots=False)
   summary = json.loads((out / 'summary.json').read_text(encoding='utf-8'))
   papers = {(c['run_set'], c['protocol'], c['fraction']): c['paper']

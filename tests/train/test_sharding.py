@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def run_helper(*args):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
-  out = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'helpers', 'sharded_step.py'),
+  out = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'train', 'sharded_step.py'),
                         *args], env=env, capture_output=True, text=True, check=False, cwd=REPO)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import REPO
 from mlvicx_jax.losses import barlow_twins_loss
 from mlvicx_jax.losses import byol_loss
 from mlvicx_jax.losses import moco_loss
@@ -312,8 +313,7 @@ def test_one_device_equals_eight_sharded_devices():
   a, b, queue = inputs('random', 16, 12, extra=[(20, 12)])
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run([sys.executable, '-c', script], env=env, check=True, cwd=repo,
+  out = subprocess.run([sys.executable, '-c', script], env=env, check=True, cwd=REPO,
                        capture_output=True, text=True,
                        input=json.dumps([a.tolist(), b.tolist(), queue.tolist()]))
   got = json.loads(out.stdout.strip().splitlines()[-1])
