@@ -45,11 +45,11 @@ def main(argv):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from mlvicx_jax import pretrained  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.evaluate import data as data_lib  # pylint: disable=g-import-not-at-top
-  from mlvicx_jax.evaluate import records  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.evaluate import record_files
   import ml_collections  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(_WORKDIR.value)
-  runs = [r for r in records.load_run_records(os.path.join(workdir, 'probe', 'pretrained'))
+  runs = [r for r in record_files.load_run_records(os.path.join(workdir, 'probe', 'pretrained'))
           if r['label_fraction'] == _FRACTION.value]
   if not runs:
     raise app.UsageError(f'no pretrained probe runs at label fraction {_FRACTION.value} '

@@ -26,7 +26,7 @@ from mlvicx_jax import pretrained
 from mlvicx_jax import report
 from mlvicx_jax import synthetic
 from mlvicx_jax.evaluate import metrics
-from mlvicx_jax.evaluate import records as records_lib
+from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.train import config_check
 from mlvicx_jax.train import loop
 
@@ -49,7 +49,7 @@ def margins(config, runs: dict) -> dict:
     scores, labels = {}, None
     for name in ENCODERS:
       chosen = [r for r in runs[name] if r['label_fraction'] == fraction]
-      preds = [records_lib.load_predictions(r) for r in chosen]
+      preds = [record_files.load_predictions(r) for r in chosen]
       labels = preds[0]['labels']
       scores[name] = [p['scores'] for p in preds]
       scores[name + '_auc'] = [r['test']['mean_auc'] for r in chosen]

@@ -38,6 +38,7 @@ from mlvicx_jax import vocabulary
 from mlvicx_jax.evaluate import data as data_lib
 from mlvicx_jax.evaluate import early_stopping
 from mlvicx_jax.evaluate import encoder as encoder_lib
+from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.evaluate import records
 
 PROTOCOLS = vocabulary.PROTOCOLS
@@ -308,9 +309,9 @@ def existing_record(workdir: str, stem: str, source: str,
   if not os.path.exists(path):
     return None
   try:
-    record = records.load_run_records(path)[0]
+    record = record_files.load_run_records(path)[0]
     if record.get('predictions'):
-      records.load_predictions(record)
+      record_files.load_predictions(record)
     if record.get('model'):
       checkpoint.restore_model(record['model'])
   except Exception as e:  # pylint: disable=broad-except  (any damage: redo, never reuse)
@@ -396,10 +397,10 @@ def run_one(config, task, programs, encoder, data, statistics: TrunkStatistics,
       num_examples={'train': subset.size, 'validation': data.sizes['validation'],
                     'test': data.sizes['test']},
       wall_time_s=round(time.time() - start, 2), config=config.to_dict(), **outcome.extra)
-  path = records.write_run_record(workdir, record, outcome.predictions)
+  path = record_files.write_run_record(workdir, record, outcome.predictions)
   logging.info('%s: test %s %.4f (best epoch %s) -> %s', stem, outcome.metric_name,
                outcome.test[outcome.metric_name], outcome.result.best_epoch, path)
-  return records.load_run_records(path)[0]
+  return record_files.load_run_records(path)[0]
 
 
 @dataclasses.dataclass

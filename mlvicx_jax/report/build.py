@@ -12,7 +12,7 @@ import json
 import os
 
 from mlvicx_jax import vocabulary
-from mlvicx_jax.evaluate import records as records_lib
+from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.evaluate.records import METRIC_NAMES, SOURCE_KEY
 from mlvicx_jax.report import markdown as md
 from mlvicx_jax.report.summary import (SD_DDOF, check_duplicates, fraction_key, paired_tests,
@@ -63,7 +63,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
   names = _unique_labels(run_dirs, labels)
   run_sets = {}
   for name, run_dir in zip(names, run_dirs):
-    records = records_lib.load_run_records(run_dir)
+    records = record_files.load_run_records(run_dir)
     check_duplicates(name, records)
     run_sets[name] = records
   os.makedirs(out_dir, exist_ok=True)
@@ -138,15 +138,15 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
       lines.append('')
 
   md_path = os.path.join(out_dir, 'report.md')
-  records_lib.atomic_write(md_path, '\n'.join(lines))
+  record_files.atomic_write(md_path, '\n'.join(lines))
   summary_path = os.path.join(out_dir, 'summary.json')
-  records_lib.atomic_write(summary_path, json.dumps(records_lib.json_ready(
+  record_files.atomic_write(summary_path, json.dumps(record_files.json_ready(
       {'run_sets': dict(zip(names, run_dirs)), 'cells': summary,
        'floors': floors, 'runs': run_list, 'paired_tests': tests}),
       indent=2, allow_nan=False) + '\n')
   csv_path = os.path.join(out_dir, 'runs.csv')
-  records_lib.atomic_write(csv_path, records_lib.csv_text(
-      [{'run_set': name, **records_lib.flatten_record(r)}
+  record_files.atomic_write(csv_path, record_files.csv_text(
+      [{'run_set': name, **record_files.flatten_record(r)}
        for name, records in run_sets.items() for r in records]))
   return {'markdown': md_path, 'summary': summary_path, 'csv': csv_path,
           'plots': plot_paths}

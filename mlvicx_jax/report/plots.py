@@ -18,6 +18,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from mlvicx_jax import vocabulary
+from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.evaluate import records as records_lib
 from mlvicx_jax.report import paper_results
 from mlvicx_jax.report import summary as summary_lib
@@ -139,7 +140,7 @@ def write_report_plots(run_sets: Mapping[str, Sequence[Mapping]],
       key = (summary_lib.row_label(name, r), r['task'], r['protocol'],
              summary_lib.fraction_key(r['label_fraction']))
       if key not in chosen and r.get('predictions'):
-        predictions = records_lib.load_predictions(r)
+        predictions = record_files.load_predictions(r)
         if 'scores' in predictions:
           chosen[key] = (r, predictions)
   for (label, task, protocol, fraction), (r, p) in chosen.items():

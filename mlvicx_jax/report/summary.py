@@ -16,7 +16,7 @@ import numpy as np
 from mlvicx_jax import vocabulary
 from mlvicx_jax.evaluate import dice as dice_lib
 from mlvicx_jax.evaluate import metrics
-from mlvicx_jax.evaluate import records as records_lib
+from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.report import markdown as md
 from mlvicx_jax.report import paper_results
 from mlvicx_jax.evaluate.records import METRIC_NAMES, SOURCE_KEY
@@ -193,7 +193,7 @@ def run_ci(record: Mapping, n_boot: int, alpha: float, seed: int
   """
   if record.get('ci95') is not None:
     return list(record['ci95']), 'record'
-  predictions = records_lib.load_predictions(record)
+  predictions = record_files.load_predictions(record)
   if predictions is None or n_boot <= 0:
     return None, ''
   metric = record['metric_name']

@@ -20,6 +20,7 @@ from mlvicx_jax import evaluate
 from mlvicx_jax.evaluate import classification
 from mlvicx_jax.evaluate import data as data_lib
 from mlvicx_jax.evaluate import metrics
+from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.evaluate import records
 from mlvicx_jax.report import summary as summary_lib
 
@@ -93,8 +94,8 @@ def test_masked_bootstrap_equals_a_sklearn_bootstrap(tmp_path):
   # The report's CI from saved predictions that carry masked labels as NaN.
   record = records.make_record('chexpert', 'frozen', 1.0, 0, None,
                                classification.summary(labels, scores, list('abc')))
-  records.write_run_record(str(tmp_path), record, {'labels': labels, 'scores': scores})
-  (loaded,) = records.load_run_records(str(tmp_path))
+  record_files.write_run_record(str(tmp_path), record, {'labels': labels, 'scores': scores})
+  (loaded,) = record_files.load_run_records(str(tmp_path))
   ci, source = summary_lib.run_ci(loaded, 60, 0.05, 0)
   assert source == 'bootstrap'
   np.testing.assert_allclose(ci, expected, atol=1e-12)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from mlvicx_jax.evaluate import records
+from mlvicx_jax.evaluate import record_files
 
 
 def test_demo_smoke_writes_summary_and_report(tmp_path):
@@ -27,7 +27,7 @@ def test_demo_smoke_writes_summary_and_report(tmp_path):
   summary = json.loads((workdir / 'demo_summary.json').read_text())
   assert set(summary['by_label_fraction']) == {'0.3', '1'}
   # The headline numbers are those of the records the probes wrote.
-  runs = {name: records.load_run_records(str(workdir / 'probe' / name))
+  runs = {name: record_files.load_run_records(str(workdir / 'probe' / name))
           for name in ('pretrained', 'random_init')}
   for name in runs:
     chosen = [r['test']['mean_auc'] for r in runs[name] if r['label_fraction'] == 0.3]

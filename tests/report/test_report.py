@@ -15,6 +15,7 @@ from scipy import stats
 from sklearn import metrics as sk_metrics
 
 import conftest
+from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.evaluate import records
 from mlvicx_jax import report
 from mlvicx_jax.report import summary as summary_lib
@@ -40,7 +41,7 @@ def test_record_round_trip_with_nan_auc_and_predictions(tmp_path):
           'per_class_auc': {'Effusion': 0.75, 'Hernia': float('nan')}}
   record = records.make_record('NIH', 'fine-tune', 0.1, 2, '/ckpt', test,
                                best_epoch=7, ci95=(0.6, 0.9))
-  path = records.write_run_record(
+  path = record_files.write_run_record(
       str(tmp_path), record,
       predictions={'labels': labels, 'scores': scores,
                    'class_names': ['Effusion', 'Hernia']})
@@ -49,12 +50,12 @@ def test_record_round_trip_with_nan_auc_and_predictions(tmp_path):
   assert raw['test']['per_class_auc'] == {'Effusion': 0.75, 'Hernia': None}
   assert raw['metric_name'] == 'mean_auc'
 
-  (loaded,) = records.load_run_records(str(tmp_path))
+  (loaded,) = record_files.load_run_records(str(tmp_path))
   assert (loaded['task'], loaded['protocol'], loaded['seed']) == (
       'nih', 'finetune', 2)
   assert math.isnan(loaded['test']['per_class_auc']['Hernia'])
   assert loaded['best_epoch'] == 7 and loaded['ci95'] == [0.6, 0.9]
-  predictions = records.load_predictions(loaded)
+  predictions = record_files.load_predictions(loaded)
   np.testing.assert_array_equal(predictions['labels'], labels)
   np.testing.assert_array_equal(predictions['scores'], scores)
   assert list(predictions['class_names']) == ['Effusion', 'Hernia']
@@ -79,9 +80,9 @@ def test_new_fields_round_trip_and_dice_counts_ci(tmp_path):
                     'size': 12, 'added_for_positives': 2})
   record = records.make_record('siim', 'frozen', 0.3, 1, None,
                                {'dice': dice, 'dice_positive': 0.7}, **fields)
-  path = records.write_run_record(str(tmp_path), record,
+  path = record_files.write_run_record(str(tmp_path), record,
                                   {'dice_counts': counts})
-  (loaded,) = records.load_run_records(str(tmp_path))
+  (loaded,) = record_files.load_run_records(str(tmp_path))
   assert {k: loaded[k] for k in fields} == fields
   ci, source = summary_lib.run_ci(loaded, 300, 0.05, 0)
   assert source == 'bootstrap' and ci[0] < dice < ci[1] < ci[0] + 0.3
@@ -123,22 +124,22 @@ def test_invalid_records_name_file_and_field(tmp_path):
     path.parent.mkdir()
     path.write_text(json.dumps(record))
     with pytest.raises(ValueError, match=re.escape(str(path))) as error:
-      records.load_run_records(str(path.parent))
+      record_files.load_run_records(str(path.parent))
     assert field in str(error.value)
 
 
 def test_load_errors_name_the_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path))):
-    records.load_run_records(str(tmp_path))
+    record_files.load_run_records(str(tmp_path))
   missing = str(tmp_path / 'nope')
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    records.load_run_records(missing)
+    record_files.load_run_records(missing)
 
 
 def test_duplicate_runs_are_rejected(tmp_path):
   record = records.make_record('siim', 'frozen', 0.3, 0, None, {'dice': 0.4})
-  records.write_run_record(str(tmp_path / 'a'), record)
-  records.write_run_record(str(tmp_path / 'b'), record)
+  record_files.write_run_record(str(tmp_path / 'a'), record)
+  record_files.write_run_record(str(tmp_path / 'b'), record)
   with pytest.raises(ValueError, match='two records'):
     report.build_report([str(tmp_path)], str(tmp_path / 'out'),
                             plots=False)
@@ -185,7 +186,7 @@ def _write_run_set(root, nih, siim, with_predictions, rsna=(), fixed=True, encod
         scores = rng.random((300, 2)) + 0.5 * labels
         predictions = {'labels': labels, 'scores': scores,
                        'class_names': _CLASSES}
-      records.write_run_record(
+      record_files.write_run_record(
           str(root / f'{protocol}_{fraction}_{seed}'), record, predictions)
   for (protocol, fraction), values in siim.items():
     for seed, dice in enumerate(values):
@@ -195,14 +196,14 @@ def _write_run_set(root, nih, siim, with_predictions, rsna=(), fixed=True, encod
           'siim', protocol, fraction, seed, None,
           dict(zip(('dice', 'dice_positive', 'dice_per_image'), dice)),
           floors=floors, val_floors=floors, **protocol_fields(seed, 'dice'))
-      records.write_run_record(str(root), record)
+      record_files.write_run_record(str(root), record)
   for (protocol, fraction), values in dict(rsna).items():
     for seed, (accuracy, auc) in enumerate(values):
       record = records.make_record(
           'rsna', protocol, fraction, seed, None,
           {'accuracy': accuracy, 'mean_auc': auc},
           **protocol_fields(seed, 'accuracy'))
-      records.write_run_record(str(root), record)
+      record_files.write_run_record(str(root), record)
 
 
 def _table_after(markdown, heading_start):
