@@ -71,6 +71,12 @@ def class_names(data_dir: str, dataset: str) -> tuple[str, ...]:
   return tuple(read_only_builder(data_dir, dataset).info.metadata['class_names'])
 
 
+def is_synthetic(data_dir: str, dataset: str) -> bool:
+  """Whether a build was made from mlvicx_jax.synthetic's images (builds before the
+  flag existed read as real)."""
+  return bool(read_only_builder(data_dir, dataset).info.metadata.get('synthetic', False))
+
+
 def has_feature(data_dir: str, dataset: str, name: str) -> bool:
   """Whether a build stores `name` (CheXpert's 'uncertain', say)."""
   return name in read_only_builder(data_dir, dataset).info.features

@@ -52,6 +52,9 @@ def generate(dataset: str, out: str, num_images: int, seed: int = 0,
   if nih_layout not in ('images', 'kaggle'):
     raise ValueError(f"nih_layout must be 'images' or 'kaggle', got {nih_layout!r}")
   os.makedirs(out, exist_ok=True)
+  from mlvicx_jax.data.builders import base  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(out, base.SYNTHETIC_MARKER), 'w') as f:
+    f.write('Images made by mlvicx_jax.synthetic, not a real release.\n')
   rng = np.random.default_rng(seed)
   if dataset == 'nih':
     return layouts.write_nih(rng, out, num_images, image_size, nih_layout)

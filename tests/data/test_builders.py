@@ -316,3 +316,16 @@ def test_folder_builds_at_the_default_size(tmp_path):
   assert path.parent.name == 's256'
   source = sources.data_source(str(tmp_path / 'out'), 'folder', 'train')
   assert source[0]['image'].shape == (256, 256, 1)
+
+
+def test_builds_say_whether_their_images_are_synthetic(nih_raw, tmp_path):
+  """A synthetic download carries the marker; its builds (NIH, or its images as a folder)
+  say so, a tree without the marker does not, and the marker is not an image to skip."""
+  assert (nih_raw / 'SYNTHETIC').is_file()
+  build(nih_raw, tmp_path / 'nih', 'nih')
+  assert sources.is_synthetic(str(tmp_path / 'nih'), 'nih')
+  prepare_lib.prepare('folder', str(nih_raw / 'images'), str(tmp_path / 'plain'), image_size=SIZE)
+  assert not sources.is_synthetic(str(tmp_path / 'plain'), 'folder')
+  path = prepare_lib.prepare('folder', str(nih_raw), str(tmp_path / 'tree'), image_size=SIZE)
+  assert sources.is_synthetic(str(tmp_path / 'tree'), 'folder')
+  assert 'SYNTHETIC' not in {s['file_name'] for s in skipped(path)['skipped']}

@@ -29,6 +29,10 @@ from mlvicx_jax.data import rle as rle_lib
 from mlvicx_jax.data import splits as splits_lib
 
 SKIPPED_REPORT = 'skipped.json'
+# A file at the top of a manual_dir that marks its images as made by
+# mlvicx_jax.synthetic: the build says so (metadata 'synthetic'), and reports
+# never put its numbers beside the paper's.
+SYNTHETIC_MARKER = 'SYNTHETIC'
 VINBIG_LABEL_RULES = ('any', 'majority')
 IMAGE_ENCODINGS = ('raw', 'png')
 
@@ -250,6 +254,7 @@ class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._skipped = []
     sources = self._sources(manual_dir)
     self.info.metadata['num_listed'] = {s: len(r) for s, r in sources.items()}
+    self.info.metadata['synthetic'] = os.path.isfile(os.path.join(manual_dir, SYNTHETIC_MARKER))
     return {split: self._generate_examples(records, split)
             for split, records in sources.items() if records}
 

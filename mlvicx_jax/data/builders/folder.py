@@ -122,7 +122,8 @@ class Folder(base.XrayBuilder):
 
   def _sources(self, manual_dir):
     csv_path = self.builder_config.labels_csv
-    images, others = walk(manual_dir, ignore=(csv_path,) if csv_path else ())
+    ignore = (os.path.abspath(os.path.join(manual_dir, base.SYNTHETIC_MARKER)),)
+    images, others = walk(manual_dir, ignore=ignore + ((csv_path,) if csv_path else ()))
     for relative in others:
       self._skip(relative, '', f'not an image: suffix {os.path.splitext(relative)[1]!r}')
     records = [base.SourceRecord(r, os.path.join(manual_dir, *r.split('/')),
