@@ -57,8 +57,18 @@ def _check_method(config) -> None:
     _require(l.lambd >= 0, 'loss.lambd', f'must be >= 0, got {l.lambd}')
 
 
+# Sections and fields every pretraining config has (configs/nih.py, configs/pretrain/*.py).
+REQUIRED_FIELDS = ('dataset', 'data_dir', 'image_size', 'global_batch_size', 'model', 'loss',
+                   'optim', 'aug')
+
+
 def validate(config) -> None:
   """Raises ConfigError naming the first impossible field."""
+  missing = [f for f in REQUIRED_FIELDS if f not in config]
+  if missing:
+    raise ConfigError(f'config: no field {", ".join(missing)}: not a pretraining config '
+                      '(configs/nih.py, configs/pretrain/*.py; configs/demo.py is run by '
+                      'python -m mlvicx_jax.demo)')
   try:
     components = mixture.parse(config.dataset)  # one build, or 'nih:1,chexpert:2'
   except ValueError as e:

@@ -169,6 +169,13 @@ def test_augmentation_placement_is_checked(field, value, on, named):
   config_check.validate(config)
 
 
+def test_a_config_of_another_program_is_named_not_crashed_on():
+  """configs/demo.py holds a pretraining config inside it; main names the mix-up."""
+  with pytest.raises(config_check.ConfigError, match=r'not a pretraining config.*mlvicx_jax\.demo'):
+    config_check.validate(load_config('configs/demo.py'))
+  config_check.validate(load_config('configs/demo.py').pretrain)
+
+
 def test_two_processes_match_one_process(mixture_data_dir, tmp_path):
   """2 processes x 2 CPU devices (gloo) == 1 process x 4 devices, same global batches,
   also after both fell back from a damaged checkpoint; on a 1:3 mixture of two
