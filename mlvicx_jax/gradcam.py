@@ -1,7 +1,7 @@
 r"""Grad-CAM heatmaps of a chest X-ray classifier (paper Fig. 2).
 
   python -m mlvicx_jax.gradcam --checkpoint=DIR --images='xrays/*.png' --out=OUT \
-      [--class_name=Effusion | --class_index=2] [--image_size=224]
+      [--class_name=Effusion | --class_index=2] [--image_size=224] [--cam_layer=layer4|layer3]
 
 DIR is a classifier saved by `python -m mlvicx_jax.evaluate` (under
 WORKDIR/classifiers/<run>/) or a pretraining/import_torch checkpoint. For a
@@ -9,16 +9,16 @@ classifier the map explains one class logit (default: each image's top class);
 a pretrained encoder has no classes, so the map explains the squared norm of
 its pooled 512-d features (where the encoder responds, class-agnostic).
 
-Grad-CAM (Selvaraju et al. 2017) on the last ResNet stage: with A the layer4
-map (h, w, C) and y the explained score, channel weights a_c = mean_hw dy/dA_c,
-map = ReLU(sum_c a_c A_c), bilinearly upsampled to the image size. For a
-global-average-pool + linear classifier this equals CAM: ReLU(A W_k) / (h w).
+The maths lives in `mlvicx_jax.evaluate.gradcam`; `--cam_layer=layer3` takes
+the map one stage earlier (twice the resolution). A map that is all zero (the
+explained score falls everywhere, so Grad-CAM's ReLU leaves nothing) is drawn
+as the X-ray alone, titled "no positive evidence".
 """
 from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
@@ -27,73 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# apply_fn(variables, images, map_delta) -> (scores (N, K), feature_map (N, h, w, C)).
-# The returned map must already include `map_delta` (added to the map the
-# scores are computed from), so that d scores / d map_delta = d scores / d map.
-CamApplyFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array]]
+from mlvicx_jax.evaluate import gradcam as cam
 
-
-def gradcam(apply_fn: CamApplyFn, variables, images, class_index,
-            output_size: Sequence[int] | None = None) -> tuple[jax.Array, jax.Array]:
-  """Grad-CAM maps of `class_index` for each image.
-
-  Args:
-    apply_fn: see `CamApplyFn`; images must be independent of each other
-      (inference-mode BatchNorm), since gradients of the summed scores are used.
-    variables: passed to apply_fn unchanged.
-    images: (N, H, W, C) model inputs.
-    class_index: int, or (N,) ints, the score column explained per image.
-    output_size: (height, width) of the returned maps; default (H, W).
-
-  Returns:
-    (maps (N, height, width) float32, unnormalised and >= 0; scores (N, K)).
-  """
-  images = jnp.asarray(images)
-  scores, feature_map = apply_fn(variables, images, 0.0)
-  index = jnp.broadcast_to(jnp.asarray(class_index, jnp.int32), scores.shape[:1])
-
-  def explained(map_delta):
-    s, _ = apply_fn(variables, images, map_delta)
-    return jnp.take_along_axis(s, index[:, None], axis=1).sum()
-
-  grads = jax.grad(explained)(jnp.zeros(feature_map.shape, jnp.float32))
-  weights = grads.mean(axis=(1, 2))  # (N, C)
-  cam = jax.nn.relu(jnp.einsum('nhwc,nc->nhw', feature_map.astype(jnp.float32), weights))
-  height, width = output_size if output_size is not None else images.shape[1:3]
-  cam = jax.image.resize(cam, (cam.shape[0], height, width), method='bilinear',
-                         antialias=False)
-  return jnp.maximum(cam, 0.0), scores
-
-
-def normalize_maps(maps) -> np.ndarray:
-  """Scales each map to [0, 1] for display (an all-zero map stays zero)."""
-  maps = np.asarray(maps, np.float32)
-  peak = maps.reshape(len(maps), -1).max(axis=1)
-  return maps / np.where(peak > 0, peak, 1.0)[:, None, None]
-
-
-# --- models and checkpoints ---------------------------------------------------------
-
-
-def classifier_apply_fn(model) -> CamApplyFn:
-  """The CamApplyFn of a `models.Classifier` (scores = logits)."""
-  def apply_fn(variables, images, map_delta):
-    return model.apply(variables, images, train=False, map_delta=map_delta,
-                       return_map=True)
-  return apply_fn
-
-
-def encoder_apply_fn(backbone) -> CamApplyFn:
-  """A pretrained trunk: one score, the squared norm of the pooled features."""
-  def apply_fn(variables, images, map_delta):
-    fmap = backbone.apply(variables, images, train=False)['maps'][-1]
-    fmap = fmap.astype(jnp.float32) + map_delta
-    features = fmap.mean(axis=(1, 2))
-    return jnp.sum(features**2, axis=1, keepdims=True), fmap
-  return apply_fn
-
-
-def load_explainer(path: str):
+def load_explainer(path: str, cam_layer: str = 'layer4'):
   """(apply_fn, variables, class_names, image_size or None) from a checkpoint dir.
 
   A classifier saved by the evaluation program is recognised by its meta
@@ -109,12 +45,12 @@ def load_explainer(path: str):
   variables, meta, _ = checkpoint.restore_model(path)
   if meta.get('kind') == classification.MODEL_KIND:
     model, variables = classification.restore_classifier(path)
-    return (classifier_apply_fn(model), variables, list(meta['class_names']),
+    return (cam.classifier_apply_fn(model, cam_layer), variables, list(meta['class_names']),
             meta.get('image_size'))
   encoder = pretrained.load(path)
   # The encoder as it was pretrained: context blocks and their statistics kept.
   backbone = models.build_backbone(encoder.model_config, keep_context_blocks=True)
-  return (encoder_apply_fn(backbone), encoder.backbone_variables(True),
+  return (cam.encoder_apply_fn(backbone, cam_layer), encoder.backbone_variables(True),
           ['feature_norm'], None)
 
 
@@ -149,9 +85,12 @@ def normalize_images(gray: np.ndarray) -> np.ndarray:
       info.IMAGENET_STD, np.float32)
 
 
-def save_overlay(path: str, gray: np.ndarray, cam: np.ndarray, title: str,
+def save_overlay(path: str, gray: np.ndarray, heatmap: np.ndarray, title: str,
                  alpha: float = 0.45) -> str:
-  """Writes the X-ray, and the heatmap (jet) over it, side by side as a PNG."""
+  """Writes the X-ray, and the heatmap (jet) over it, side by side as a PNG.
+
+  An all-zero map is not drawn: the right panel says "no positive evidence".
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -159,11 +98,17 @@ def save_overlay(path: str, gray: np.ndarray, cam: np.ndarray, title: str,
   axes[0].imshow(gray, cmap='gray')
   axes[0].set_title('X-ray')
   axes[1].imshow(gray, cmap='gray')
-  im = axes[1].imshow(cam, cmap='jet', alpha=alpha, vmin=0.0, vmax=1.0)
-  axes[1].set_title('Grad-CAM')
+  if cam.has_positive_evidence(heatmap[None])[0]:
+    im = axes[1].imshow(heatmap, cmap='jet', alpha=alpha, vmin=0.0, vmax=1.0)
+    axes[1].set_title('Grad-CAM')
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+  else:
+    axes[1].set_title('Grad-CAM: no positive evidence')
+    axes[1].text(0.5, 0.5, 'no positive evidence\n(the score falls everywhere)',
+                 transform=axes[1].transAxes, ha='center', va='center', color='yellow',
+                 fontsize=11, bbox=dict(facecolor='black', alpha=0.6))
   for ax in axes:
     ax.axis('off')
-  fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
   fig.suptitle(title, fontsize=10)
   fig.savefig(path, dpi=100, bbox_inches='tight')
   plt.close(fig)
@@ -172,9 +117,10 @@ def save_overlay(path: str, gray: np.ndarray, cam: np.ndarray, title: str,
 
 def explain_files(checkpoint: str, image_files: Sequence[str], out_dir: str, *,
                   class_index: int | None = None, class_name: str | None = None,
-                  image_size: int | None = None, batch_size: int = 16) -> list[str]:
+                  image_size: int | None = None, batch_size: int = 16,
+                  cam_layer: str = 'layer4') -> list[str]:
   """Writes one overlay PNG per image; returns their paths."""
-  apply_fn, variables, class_names, trained_size = load_explainer(checkpoint)
+  apply_fn, variables, class_names, trained_size = load_explainer(checkpoint, cam_layer)
   if class_name:
     if class_index is not None:
       raise ValueError('give --class_index or --class_name, not both')
@@ -187,7 +133,7 @@ def explain_files(checkpoint: str, image_files: Sequence[str], out_dir: str, *,
                      f'{len(class_names)} classes {class_names}')
   size = image_size or trained_size or 224
   os.makedirs(out_dir, exist_ok=True)
-  cam_fn = jax.jit(lambda v, x, k: gradcam(apply_fn, v, x, k))
+  cam_fn = jax.jit(lambda v, x, k: cam.gradcam(apply_fn, v, x, k))
   paths = []
   for start in range(0, len(image_files), batch_size):
     files = image_files[start:start + batch_size]
@@ -199,12 +145,17 @@ def explain_files(checkpoint: str, image_files: Sequence[str], out_dir: str, *,
     else:
       index = jnp.full((len(files),), class_index, jnp.int32)
     maps, scores = cam_fn(variables, x, index)
-    maps = normalize_maps(maps)
+    evidence = cam.has_positive_evidence(maps)
+    maps = cam.normalize_maps(maps)
     probs = np.asarray(jax.nn.sigmoid(scores))
-    for f, g, m, k, p in zip(files, gray, maps, np.asarray(index), probs):
+    for f, g, m, k, p, e in zip(files, gray, maps, np.asarray(index), probs, evidence):
       name = class_names[int(k)]
       title = (f'{os.path.basename(f)}: {name}' +
-               ('' if name == 'feature_norm' else f' (p = {p[int(k)]:.3f})'))
+               ('' if name == 'feature_norm' else f' (p = {p[int(k)]:.3f})') +
+               ('' if e else ', no positive evidence'))
+      if not e:
+        logging.warning('%s: no positive evidence for %s (the Grad-CAM map is all zero)',
+                        f, name)
       stem = os.path.splitext(os.path.basename(f))[0]
       paths.append(save_overlay(
           os.path.join(out_dir, f'{stem}_gradcam_{_slug(name)}.png'), g, m, title))
@@ -224,6 +175,9 @@ _CLASS_INDEX = flags.DEFINE_integer('class_index', None, 'Class to explain (defa
 _CLASS_NAME = flags.DEFINE_string('class_name', None, 'Class to explain, by name.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None,
                                    'Input size (default: the size the classifier was trained at).')
+_CAM_LAYER = flags.DEFINE_enum('cam_layer', 'layer4', list(cam.CAM_LAYERS),
+                               'ResNet stage whose map Grad-CAM uses (layer3: twice the '
+                               'resolution).')
 
 
 def main(argv):
@@ -231,7 +185,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   paths = explain_files(_CHECKPOINT.value, find_images(_IMAGES.value), _OUT.value,
                         class_index=_CLASS_INDEX.value, class_name=_CLASS_NAME.value,
-                        image_size=_IMAGE_SIZE.value)
+                        image_size=_IMAGE_SIZE.value, cam_layer=_CAM_LAYER.value)
   print(f'wrote {len(paths)} Grad-CAM overlays to {_OUT.value}')
 
 

@@ -1,6 +1,5 @@
 """Downstream classifier: a (pretrained) trunk plus one linear layer (SPEC section 4)."""
 import flax.linen as nn
-import jax.numpy as jnp
 
 
 def linear_head(num_classes: int, name: str = 'head') -> nn.Dense:
@@ -12,19 +11,21 @@ def linear_head(num_classes: int, name: str = 'head') -> nn.Dense:
 class Classifier(nn.Module):
   """Trunk + one linear layer on the pooled features -> logits.
 
-  `map_delta` (added to the last stage's map before pooling) and
-  `return_map` exist for Grad-CAM: d logits / d map_delta = d logits / d map.
+  `map_delta` (added to the map of `map_level`: -1 or 4 the last stage, 3 the
+  one before, ...) and `return_map` exist for Grad-CAM:
+  d logits / d map_delta = d logits / d map.
   """
   backbone: nn.Module  # models.build_backbone(cfg, ...); params under 'backbone'
   num_classes: int
 
   @nn.compact
-  def __call__(self, x, train: bool = True, map_delta=None, return_map: bool = False):
-    out = self.backbone(x, train)
-    feature_map = out['maps'][-1]
-    features = out['features']
-    if map_delta is not None:
-      feature_map = feature_map.astype(jnp.float32) + map_delta
-      features = jnp.mean(feature_map, axis=(1, 2))
-    logits = linear_head(self.num_classes)(features)
+  def __call__(self, x, train: bool = True, map_delta=None, return_map: bool = False,
+               map_level: int = -1):
+    if map_delta is None:
+      out = self.backbone(x, train)
+    else:
+      num_levels = len(self.backbone.stage_sizes) + 1
+      out = self.backbone(x, train, deltas={map_level % num_levels: map_delta})
+    feature_map = out['maps'][map_level]
+    logits = linear_head(self.num_classes)(out['features'])
     return (logits, feature_map) if return_map else logits

@@ -60,6 +60,9 @@ class ResNet(nn.Module):
 
   Returns `features` (global average pool of the last map, float32) and
   `maps`, the stem map (after ReLU, before max-pool) and the stage outputs.
+  `deltas` ({level: array}, level 0 the stem map, i the output of stage i)
+  are added to those maps before they feed on, so that d out / d delta is
+  d out / d map: Grad-CAM at any level.
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   num_filters: int = 64
@@ -67,7 +70,8 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = True):
+  def __call__(self, x, train: bool = True, deltas=None):
+    deltas = deltas or {}
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=conv_kernel_init)
     norm = batch_norm(train, self.dtype)
@@ -81,6 +85,8 @@ class ResNet(nn.Module):
              name='conv1')(x.astype(self.dtype))
     x = nn.relu(norm(name='bn1')(x))
     x = refine(x, 0)
+    if 0 in deltas:
+      x = (x.astype(jnp.float32) + deltas[0]).astype(x.dtype)
     maps = [x]
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, num_blocks in enumerate(self.stage_sizes):
@@ -89,6 +95,8 @@ class ResNet(nn.Module):
                        strides=2 if i > 0 and j == 0 else 1,
                        name=f'layer{i + 1}_{j}')(x)
       x = refine(x, i + 1)
+      if i + 1 in deltas:
+        x = x.astype(jnp.float32) + deltas[i + 1]
       maps.append(x)
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return {'features': features, 'maps': maps}

@@ -13,6 +13,7 @@ from mlvicx_jax import models
 from helpers import numpy_variables
 from helpers import save_tiny_checkpoint
 from mlvicx_jax.evaluate import classification
+from mlvicx_jax.evaluate import gradcam as cam_lib
 from mlvicx_jax.evaluate import harness
 
 
@@ -32,7 +33,7 @@ def test_gap_linear_classifier_gives_cam_closed_form():
   fmap = rng.standard_normal((3, 5, 7, 4)).astype(np.float32)
   kernel = rng.standard_normal((4, 6)).astype(np.float32)
   classes = np.array([0, 3, 5])
-  cams, scores = gradcam.gradcam(_gap_linear_apply(fmap, kernel), None,
+  cams, scores = cam_lib.gradcam(_gap_linear_apply(fmap, kernel), None,
                                  np.zeros((3, 5, 7, 1)), classes)
   expected = np.maximum(np.einsum('nhwc,nc->nhw', fmap, kernel[:, classes].T), 0) / 35
   np.testing.assert_allclose(np.asarray(cams), expected, rtol=1e-5, atol=1e-7)
@@ -54,8 +55,8 @@ def test_quadrant_logit_highlights_that_quadrant():
     a = jnp.asarray(fmap) + map_delta
     return a[:, :4, :4, :].sum(axis=(1, 2, 3))[:, None], a
 
-  cam, _ = gradcam.gradcam(apply_fn, None, np.zeros((1, 32, 32, 3)), 0)
-  cam_native, _ = gradcam.gradcam(apply_fn, None, np.zeros((1, 32, 32, 3)), 0,
+  cam, _ = cam_lib.gradcam(apply_fn, None, np.zeros((1, 32, 32, 3)), 0)
+  cam_native, _ = cam_lib.gradcam(apply_fn, None, np.zeros((1, 32, 32, 3)), 0,
                                    output_size=(h, w))
   expected = np.maximum(fmap[0].sum(-1), 0) / 4
   np.testing.assert_allclose(np.asarray(cam_native[0]), expected, atol=1e-6)
@@ -79,8 +80,8 @@ def tiny_classifier():
 def test_real_classifier_matches_cam_from_its_layer4_map(tiny_classifier):
   _, model, variables = tiny_classifier
   images = jax.random.normal(jax.random.PRNGKey(3), (2, 64, 64, 3))
-  cams, scores = jax.jit(lambda v, x: gradcam.gradcam(
-      gradcam.classifier_apply_fn(model), v, x, jnp.array([2, 1]),
+  cams, scores = jax.jit(lambda v, x: cam_lib.gradcam(
+      cam_lib.classifier_apply_fn(model), v, x, jnp.array([2, 1]),
       output_size=(2, 2)))(variables, images)
   # Reference: the backbone's layer4 map and the head kernel, in numpy.
   bvars = {'params': variables['params']['backbone'],
@@ -97,7 +98,7 @@ def test_real_classifier_matches_cam_from_its_layer4_map(tiny_classifier):
 def test_normalize_maps_scales_each_map_to_unit_peak():
   maps = np.stack([np.full((2, 2), 4.0), np.zeros((2, 2))])
   maps[0, 0, 0] = 8.0
-  out = gradcam.normalize_maps(maps)
+  out = cam_lib.normalize_maps(maps)
   np.testing.assert_allclose(out[0], [[1.0, 0.5], [0.5, 0.5]])
   np.testing.assert_array_equal(out[1], 0)
 
@@ -147,3 +148,51 @@ def test_pretrained_encoder_and_bad_paths(tmp_path):
                           str(tmp_path / 'o'))
   with pytest.raises(FileNotFoundError, match='nothing.*matches no'):
     gradcam.find_images(str(tmp_path / 'nothing*.png'))
+
+
+def test_layer3_cam_weights_equal_finite_differences(tiny_classifier):
+  """cam_layer='layer3': the channel weights are mean_hw dy/dA3; a central difference of the
+  logit along a uniform push of one channel of the layer3 map gives h w times that."""
+  _, model, variables = tiny_classifier
+  images = jax.random.normal(jax.random.PRNGKey(4), (1, 64, 64, 3))
+  cams, _ = cam_lib.gradcam(cam_lib.classifier_apply_fn(model, 'layer3'), variables, images, 1,
+                        output_size=(4, 4))
+  bvars = {'params': variables['params']['backbone'],
+           'batch_stats': variables['batch_stats']['backbone']}
+  fmap = np.asarray(model.backbone.apply(bvars, images, train=False)['maps'][3], np.float64)
+  assert fmap.shape[1:3] == (4, 4)  # layer3 of 64 px: twice layer4's 2 x 2
+  eps, channels = 1e-2, fmap.shape[-1]
+  weights = np.zeros(channels)
+  for c in range(channels):  # uniform push of channel c: d y / d eps = sum_hw dy/dA_c
+    push = np.zeros((1, 4, 4, channels), np.float32)
+    push[..., c] = eps
+    up, down = (np.asarray(model.apply(variables, images, train=False, map_delta=s * push,
+                                       map_level=3))[0, 1] for s in (1, -1))
+    weights[c] = (up - down) / (2 * eps) / 16  # mean over the 4 x 4 map
+  expected = np.maximum(np.einsum('hwc,c->hw', fmap[0], weights), 0)
+  np.testing.assert_allclose(np.asarray(cams[0]), expected, rtol=2e-2,
+                             atol=2e-2 * expected.max())
+  assert expected.max() > 0
+
+
+def test_a_score_that_falls_everywhere_is_no_positive_evidence(tiny_classifier, tmp_path, caplog):
+  """A head whose logit ignores the map: Grad-CAM's ReLU leaves zeros, and the program says
+  so instead of drawing a blank heatmap."""
+  cfg, model, variables = tiny_classifier
+  flat = jax.tree.map(np.array, variables)
+  flat['params']['head']['kernel'][:] = 0.0
+  flat['params']['head']['bias'][:] = -3.0
+  images = jax.random.normal(jax.random.PRNGKey(5), (2, 64, 64, 3))
+  maps, _ = cam_lib.gradcam(cam_lib.classifier_apply_fn(model), flat, images, 0)
+  assert not cam_lib.has_positive_evidence(maps).any()
+  assert cam_lib.has_positive_evidence(np.stack([np.zeros((3, 3)), np.eye(3)])).tolist() == [
+      False, True]
+  directory = harness.save_variables(
+      str(tmp_path / 'clf'), flat,
+      dict(kind=classification.MODEL_KIND, model_config=checkpoint.config_to_json(cfg),
+           task='nih', class_names=['A', 'B', 'C'], protocol='finetune', label_fraction=1.0,
+           seed=0, image_size=64, context_blocks='drop', source='random'))
+  with caplog.at_level('WARNING'):
+    paths = gradcam.explain_files(directory, gradcam.find_images(
+        _write_pngs(str(tmp_path / 'imgs'), count=1)), str(tmp_path / 'out'), class_name='A')
+  assert len(paths) == 1 and 'no positive evidence for A' in caplog.text
