@@ -115,6 +115,29 @@ def file_names_and_labels(data_dir: str, dataset: str, split: str,
           labels if classes is None else labels[:, list(classes)])
 
 
+def boxes(data_dir: str, dataset: str, split: str,
+          include_empty: bool = False) -> dict[str, np.ndarray]:
+  """{file_name: float32 (N, 5)} of a split's boxed images, without decoding images.
+
+  Columns x, y, w, h (top-left corner and size, in the stored image's pixels,
+  0 to stored_image_size) and the class index into class_names(). An image
+  may have several boxes, two of one class too. include_empty: every image
+  of the split, (0, 5) for those without boxes. Raises ValueError for a
+  build without boxes (NIH built without BBox_List_2017.csv, other datasets).
+  """
+  if 'num_boxes' not in read_only_builder(data_dir, dataset).info.metadata:
+    raise ValueError(f'{dataset} in {data_dir} stores no boxes; build NIH with '
+                     'BBox_List_2017.csv in the manual_dir')
+  source = _undecoded_source(data_dir, dataset, split)
+  out = {}
+  for i in range(len(source)):
+    record = source[i]
+    stored = np.asarray(record['boxes'], np.float32).reshape(-1, 5)
+    if len(stored) or include_empty:
+      out[record['file_name'].decode('utf-8')] = stored
+  return out
+
+
 class SubsetSource:
   """The records of `source` at `indices` (label-fraction subsets)."""
 

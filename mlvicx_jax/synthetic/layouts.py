@@ -21,6 +21,13 @@ NIH_WEIGHTS = {
     'Consolidation': 0.9, 'Edema': 0.7, 'Emphysema': 0.8, 'Fibrosis': 0.7,
     'Pleural_Thickening': 0.8, 'Hernia': 0.5}
 NIH_TO_PHANTOM = {name: name.lower() for name in info_lib.NIH_CLASSES}
+# The 8 findings of BBox_List_2017.csv, in its spelling ('Infiltrate').
+NIH_BOX_FINDINGS = {
+    'Atelectasis': 'Atelectasis', 'Cardiomegaly': 'Cardiomegaly', 'Effusion': 'Effusion',
+    'Infiltration': 'Infiltrate', 'Mass': 'Mass', 'Nodule': 'Nodule',
+    'Pneumonia': 'Pneumonia', 'Pneumothorax': 'Pneumothorax'}
+# The real header: 'Bbox [x,y,w,h]' split by the CSV commas, three empty columns.
+NIH_BOX_HEADER = 'Image Index,Finding Label,Bbox [x,y,w,h],,,'
 NIH_CHRONIC = ('Cardiomegaly', 'Emphysema', 'Fibrosis', 'Pleural_Thickening',
                'Nodule', 'Mass', 'Hernia')
 
@@ -113,7 +120,7 @@ def _vinbig_encoding(rng, image: np.ndarray) -> dict:
 
 
 def write_nih(rng, out: str, num_images: int, size: int, layout: str):
-  rows, names_by_patient = [], {}
+  rows, names_by_patient, boxes = [], {}, {}
   patient_id = 0
   with tqdm.tqdm(total=num_images, desc='nih', unit='img') as progress:
     while len(rows) < num_images:
@@ -142,6 +149,10 @@ def write_nih(rng, out: str, num_images: int, size: int, layout: str):
         save_png(os.path.join(folder, name), to_uint8(film.image),
                   rgba=rng.random() < 0.03)
         names_by_patient.setdefault(patient_id, []).append(name)
+        # Boxes of every drawn instance (no draws from rng); written for test images.
+        boxes[name] = [(NIH_BOX_FINDINGS[f], box) for f in labels if f in NIH_BOX_FINDINGS
+                       for box in map(phantom.box_of, film.footprints[NIH_TO_PHANTOM[f]])
+                       if box is not None]
         previous = labels
         progress.update(1)
 
@@ -164,8 +175,29 @@ def write_nih(rng, out: str, num_images: int, size: int, layout: str):
                    for n in names_by_patient[p])
     with open(os.path.join(out, file_name), 'w') as f:
       f.write(''.join(n + '\n' for n in names))
+    if chosen:  # As in the real set, only test images have boxes.
+      box_rows = _write_nih_boxes(out, {n: boxes[n] for n in names})
   return {'num_images': len(rows), 'num_patients': len(patients),
-          'num_no_finding': sum(r['Finding Labels'] == info_lib.NIH_NO_FINDING for r in rows)}
+          'num_no_finding': sum(r['Finding Labels'] == info_lib.NIH_NO_FINDING for r in rows),
+          'num_boxes': len(box_rows),
+          'num_box_images': len({r[0] for r in box_rows})}
+
+
+def _write_nih_boxes(out: str, boxes: dict[str, list]) -> list[list]:
+  """BBox_List_2017.csv: one row (image, finding, x, y, w, h) per drawn instance.
+
+  Coordinates are floats in the PNG's pixels; rows go by finding, then image,
+  as in the real file, so one image's boxes are not adjacent.
+  """
+  rows = sorted(([name, finding, x0, y0, x1 - x0, y1 - y0]
+                 for name, image_boxes in boxes.items()
+                 for finding, (x0, y0, x1, y1) in image_boxes), key=lambda r: (r[1], r[0]))
+  with open(os.path.join(out, 'BBox_List_2017.csv'), 'w', newline='') as f:
+    f.write(NIH_BOX_HEADER + '\n')
+    writer = csv.writer(f, lineterminator='\n')
+    writer.writerows([name, finding, *(f'{v:.6f}' for v in box)]
+                     for name, finding, *box in rows)
+  return rows
 
 
 def write_vinbig(rng, out: str, num_images: int, size: int):

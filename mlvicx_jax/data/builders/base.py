@@ -139,7 +139,8 @@ def _decode(task: _Task) -> tuple[str, Any]:
   image = image_io.resize(pixels, task.image_size)
   fields = {'image': image[..., None] if task.image_encoding == 'raw' else
                      image_io.encode_png(image),
-            'dicom_patient_id': patient_id}
+            'dicom_patient_id': patient_id,
+            'original_size': pixels.shape}  # (height, width) before resizing.
   if task.rle_rows is not None:
     height, width = pixels.shape
     mask = np.zeros((height, width), np.uint8)
