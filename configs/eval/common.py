@@ -53,7 +53,10 @@ def classification(task: str) -> ml_collections.ConfigDict:
   c.optim.restart_mult = 2       # cycle length growth (T_mult)
   c.optim.min_lr = 1e-6          # eta_min
 
-  c.n_boot = 1000              # bootstrap resamples for the test CI (0: none)
+  c.n_boot = 1000              # bootstrap resamples for the test CIs (0: none)
+  c.target_sensitivity = 0.9   # operating point: highest validation threshold reaching it
+  c.calibration = ml_collections.ConfigDict()
+  c.calibration.temperature = False  # fit one temperature on validation, record test ECE
   c.save_model = True          # keep the best classifier (Grad-CAM reads it)
   c.save_predictions = True
   c.skip_existing = True       # a run whose record exists is not redone
@@ -76,7 +79,7 @@ def segmentation() -> ml_collections.ConfigDict:
   c.optim.schedule = 'constant'
   c.optim.grad_clip_norm = 0.0  # plain Adam (AdamW with weight decay 0)
   c.save_model = False         # True keeps the best U-Net under workdir/unets/
-  del c.frozen_feature_cache
+  del c.frozen_feature_cache, c.target_sensitivity, c.calibration  # classification only
   return c
 
 

@@ -17,6 +17,18 @@ def task_module(task: str):
 
 
 def run(config, workdir: str) -> list:
-  """Every (label fraction, seed) run of an evaluation config; their validated records."""
+  """Every (label fraction, seed) run of an evaluation config; their validated records.
+
+  A localisation config (`localise.reference`) also evaluates its reference
+  encoder in the same workdir, named 'random init' or 'reference'.
+  """
   from mlvicx_jax.evaluate import harness  # pylint: disable=g-import-not-at-top
-  return harness.run(config, workdir, task_module(config.task))
+  records = harness.run(config, workdir, task_module(config.task))
+  reference = config.get('localise', {}).get('reference', '')
+  if reference and reference != config.checkpoint:
+    other = config.copy_and_resolve_references()
+    other.checkpoint = reference
+    other.name = 'random init' if reference == 'random' else 'reference'
+    other.localise.reference = ''
+    records += harness.run(other, workdir, task_module(config.task))
+  return records

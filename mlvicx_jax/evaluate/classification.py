@@ -10,6 +10,13 @@ data/label_policy.py) count nowhere: the loss averages over the unmasked
 entries, and the collected label arrays carry them as NaN, which every AUC
 (validation, test, bootstrap) leaves out of that class.
 
+Beyond AUC, every run records calibration on test and validation (ECE over
+equal-width and equal-mass bins, Brier score) and operating points:
+thresholds chosen per class on validation (Youden's J, and the target
+sensitivity `config.target_sensitivity`), tested with bootstrap intervals;
+optionally a temperature fitted on validation (`config.calibration`). See
+`calibration_record`.
+
 Frozen probe shortcut (`config.frozen_feature_cache`, on by default): with a
 frozen encoder in inference mode the pooled features of an image never
 change, so they are computed once per trunk for every training, validation
@@ -35,7 +42,9 @@ import optax
 from mlvicx_jax import checkpoint
 from mlvicx_jax import models
 from mlvicx_jax import vocabulary
+from mlvicx_jax.evaluate import calibration_record
 from mlvicx_jax.evaluate import data as data_lib
+from mlvicx_jax.evaluate import explain
 from mlvicx_jax.evaluate import harness
 from mlvicx_jax.evaluate import metrics
 from mlvicx_jax.models import classifier as classifier_lib
@@ -53,6 +62,15 @@ def check_config(config) -> None:
       label_policy.check_policy(config.uncertain)
     except ValueError as e:
       raise ValueError(f'config.{e}') from None
+  target = config.get('target_sensitivity', 0.9)
+  if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 <= target <= 1:
+    raise ValueError(f'config.target_sensitivity must be a number in [0, 1], got {target!r}')
+  temperature = config.get('calibration', {}).get('temperature', False)
+  if not isinstance(temperature, bool):
+    raise ValueError(f'config.calibration.temperature must be True or False, got '
+                     f'{temperature!r}')
+  if config.get('localise') is not None:
+    explain.check_config(config)
 
 
 def reported_metric(task: str) -> str:
@@ -306,12 +324,25 @@ def fit_and_test(config, programs: Programs, data, subset, variables, *, trunk_k
   if config.save_predictions:
     predictions = {'labels': test_y, 'scores': test_scores, 'class_names': class_names,
                    'file_names': np.asarray(test_names, dtype=str)}
+    if result.best_payload is not None:
+      predictions['val_labels'], predictions['val_scores'] = result.best_payload
+  calibration_fields = calibration_record.record_fields(
+      result.best_payload, test_y, test_scores, class_names,
+      target_sensitivity=config.get('target_sensitivity', 0.9), n_boot=config.n_boot,
+      temperature=config.get('calibration', {}).get('temperature', False))
+  localisation = {}
+  if config.get('localise') is not None:  # configs/eval/nih_localise.py
+    localisation, examples = explain.localisation_fields(config, data, programs.model, best)
+    if predictions is not None:
+      predictions.update(examples)
   return harness.Outcome(
       result=result, best_variables=best, test=summary(test_y, test_scores, class_names),
       val=val, metric_name=metric_name, selection_metric=metric_name,
       ci95=_bootstrap_ci(test_y, test_scores, metric_name, config.n_boot),
       predictions=predictions,
-      extra={'feature_cache': bool(use_cache), 'label_policy': data.label_record()})
+      extra={'feature_cache': bool(use_cache), 'label_policy': data.label_record(),
+             'synthetic_data': bool(data.synthetic),
+             **calibration_fields, **localisation})
 
 
 # --- saved classifiers --------------------------------------------------------------

@@ -39,6 +39,7 @@ class TaskData:
   sizes: dict                # split -> number of examples
   class_indices: Optional[tuple] = None  # their positions in the build; None: all
   uncertain: Optional[str] = None        # policy; None: the build has no uncertain labels
+  synthetic: bool = False                # built from mlvicx_jax.synthetic's images
 
   @functools.cached_property
   def train_metadata(self) -> tuple[list, np.ndarray]:
@@ -103,7 +104,8 @@ def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS, *,
     policy = label_policy.check_policy(uncertain or label_policy.DEFAULT_POLICY)
   if indices is not None:
     names = tuple(names[i] for i in indices)
-  return TaskData(data_dir, dataset, names, sizes, indices, policy)
+  return TaskData(data_dir, dataset, names, sizes, indices, policy,
+                  sources.is_synthetic(data_dir, dataset))
 
 
 # --- label subsets ------------------------------------------------------------------

@@ -54,7 +54,7 @@ def _csv_value(value):
 
 
 def flatten_record(record: Mapping) -> dict:
-  """One CSV row: scalars, test metrics, floors, protocol fields, per-class test AUCs."""
+  """One CSV row: scalars, test metrics, floors, protocol fields, calibration, class AUCs."""
   test = record.get('test') or {}
   encoder = record.get('encoder') or {}
   ci = record.get('ci95') or [None, None]
@@ -74,6 +74,12 @@ def flatten_record(record: Mapping) -> dict:
              label_subset_mode=(record.get('label_subset') or {}).get('mode'),
              selection_metric=record.get('selection_metric'),
              uncertain=(record.get('label_policy') or {}).get('uncertain'))
+  calibration = record.get('calibration') or {}
+  pooled = (calibration.get('test') or {}).get('pooled') or {}
+  for key in ('ece_uniform', 'ece_quantile', 'brier'):
+    row[f'test_{key}'] = pooled.get(key)
+  row['temperature'] = (calibration.get('temperature') or {}).get('value')
+  row['synthetic_data'] = record.get('synthetic_data')
   for cls, auc in (test.get('per_class_auc') or {}).items():
     row[f'test_auc_{cls}'] = auc
   return {k: _csv_value(v) for k, v in row.items()}
@@ -98,9 +104,13 @@ def _check_predictions(predictions: Mapping) -> dict:
   if not has_cls and not {'dice_counts', 'per_image_dice'} & set(arrays):
     raise ValueError(f'predictions must hold labels and scores, or dice_counts; got '
                      f'{sorted(arrays)}')
-  if has_cls and arrays['labels'].shape != arrays['scores'].shape:
-    raise ValueError(f'predictions: labels {arrays["labels"].shape} and scores '
-                     f'{arrays["scores"].shape} differ in shape')
+  for prefix in ('', 'val_'):
+    labels, scores = arrays.get(f'{prefix}labels'), arrays.get(f'{prefix}scores')
+    if prefix and (labels is None) != (scores is None):
+      raise ValueError(f'predictions: {prefix}labels and {prefix}scores go together')
+    if labels is not None and scores is not None and labels.shape != scores.shape:
+      raise ValueError(f'predictions: {prefix}labels {labels.shape} and {prefix}scores '
+                       f'{scores.shape} differ in shape')
   counts = arrays.get('dice_counts')
   if counts is not None and (counts.ndim != 2 or counts.shape[1] != 3):
     raise ValueError(f'predictions: dice_counts must be (N, 3), got {counts.shape}')
@@ -115,7 +125,8 @@ def write_run_record(out_dir: str, record: Mapping, predictions: Mapping | None 
   Args:
     out_dir: directory (created if needed).
     record: a record (see the module docstring; `make_record` builds one).
-    predictions: optional {'labels', 'scores'[, 'class_names']} for a classifier or
+    predictions: optional {'labels', 'scores'[, 'class_names', 'val_labels',
+      'val_scores']} for a classifier or
       {'dice_counts'} (N, 3) for segmentation, other arrays kept; saved next to the record
       and linked from its `predictions` field.
 

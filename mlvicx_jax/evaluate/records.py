@@ -26,8 +26,10 @@ Record schema (version 1), JSON:
   stop_epoch      int|null: the epoch early stopping ended training
   ci95            [low, high]|null: bootstrap CI of test[metric_name]
   predictions     npz file name (same directory) holding 'labels' (NaN: masked) and 'scores'
-                  (N, K) [+ 'class_names'] (classification) or 'dice_counts' (N, 3): per image
-                  TP, predicted and true pixels (segmentation; older: 'per_image_dice'); or null
+                  (N, K) [+ 'class_names', 'file_names'; 'val_labels' and 'val_scores' (M, K):
+                  validation at the best epoch] (classification) or 'dice_counts' (N, 3): per
+                  image TP, predicted and true pixels (segmentation; older: 'per_image_dice');
+                  or null
   floors          optional {metric: float in [0, 1]|null}: what an all-empty prediction
                   scores on the test split, per Dice (global 0, positive images 0, per image
                   the share of images whose truth is empty)
@@ -42,6 +44,28 @@ Record schema (version 1), JSON:
                   how uncertain labels were read (CheXpert) and which classes were used
   name            optional label of what was evaluated ('MLVICX 300 ep', 'PCRLv2'); rows
                   of the report are run set + name
+  synthetic_data  optional bool|null: true when the data was built from mlvicx_jax.synthetic's
+                  images (`data.sources.is_synthetic`); the report then shows no paper numbers
+                  beside the run and says "(synthetic data)"
+  calibration     optional (classification) {'n_bins': int, 'test': CAL, 'val': CAL|null,
+                  'temperature': TEMP|null}. CAL = {'n_images': int, 'pooled': CM, 'classes':
+                  {class: CM}}; CM = {'ece_uniform', 'ece_quantile', 'brier': float in [0, 1]
+                  |null, 'n': int}: ECE over n_bins equal-width / equal-mass bins and Brier
+                  score, on the n labelled entries (masked labels left out, as for AUC);
+                  'pooled' pools every labelled entry of every class. TEMP = {'value': T > 0|
+                  null, 'before': CM, 'after': CM|null, 'reason': str|null}: pooled test
+                  calibration before and after a temperature fitted on validation (null T:
+                  the reason none was fitted)
+  operating_points optional (classification) {'target_sensitivity': float in [0, 1], 'n_boot':
+                  int, 'bootstrap_seed': int, 'n_images': int (test rows), 'classes': {class:
+                  {'youden': OP, 'sensitivity': OP}|null}, 'reasons': {class: str}}: thresholds
+                  chosen per class on validation (Youden's J; the highest threshold reaching
+                  the target sensitivity), null with a reason when validation had no scores or
+                  the class was single-valued there. OP = {'threshold': float, 'val_sensitivity',
+                  'val_specificity': float, 'sensitivity', 'specificity', 'ppv', 'npv', 'f1':
+                  float|null (test, at threshold: positive when score >= it), 'tp', 'fp', 'tn',
+                  'fn': int (test), 'ci95': {rate: [low, high]|null}|null (bootstrap over test
+                  images; null when n_boot is 0)}
   other keys      kept as they are (e.g. 'config')
 """
 
@@ -79,6 +103,30 @@ FIELD_SPECS = {
 }
 _KIND_TEXT = {'bool': 'true or false', 'int': 'an integer', 'int|null': 'an integer or null',
               'method|null': f'one of {METHOD_NAMES} or null'}
+
+# Nested optional fields (calibration, operating points): a dict spec lists required keys,
+# ('map', spec) is {name: spec}, ('nullable', spec) also takes null; leaves are kinds of
+# _TREE_KINDS. Numbers of kind '...|null' may be NaN (written as null).
+_CAL_METRICS = {'ece_uniform': 'unit|null', 'ece_quantile': 'unit|null', 'brier': 'unit|null',
+                'n': 'count'}
+_CAL_SPLIT = {'n_images': 'count', 'pooled': _CAL_METRICS, 'classes': ('map', _CAL_METRICS)}
+OPERATING_RATES = ('sensitivity', 'specificity', 'ppv', 'npv', 'f1')
+_OPERATING_POINT = {'threshold': 'number', 'val_sensitivity': 'unit', 'val_specificity': 'unit',
+                    **{rate: 'unit|null' for rate in OPERATING_RATES},
+                    **{count: 'count' for count in ('tp', 'fp', 'tn', 'fn')},
+                    'ci95': ('nullable', {rate: 'interval|null' for rate in OPERATING_RATES})}
+TREE_SPECS = {
+    'synthetic_data': 'bool|null',
+    'calibration': {'n_bins': 'count', 'test': _CAL_SPLIT, 'val': ('nullable', _CAL_SPLIT),
+                    'temperature': ('nullable', {
+                        'value': 'positive|null', 'before': _CAL_METRICS,
+                        'after': ('nullable', _CAL_METRICS), 'reason': 'str|null'})},
+    'operating_points': {'target_sensitivity': 'unit', 'n_boot': 'count',
+                         'bootstrap_seed': 'int', 'n_images': 'count',
+                         'classes': ('map', ('nullable', {'youden': _OPERATING_POINT,
+                                                          'sensitivity': _OPERATING_POINT})),
+                         'reasons': ('map', 'str')},
+}
 
 
 def finite_or_none(value):
@@ -134,6 +182,59 @@ def _check_floors(entry, field: str, source: str) -> dict:
       raise ValueError(f'{source}: field {field}.{key} must be a number in [0, 1] or null, '
                        f'got {value!r}')
   return {k: finite_or_none(v) for k, v in entry.items()}
+
+
+_TREE_KINDS = {
+    'number': ('a finite number', lambda v: _is_number(v) and math.isfinite(v)),
+    'unit': ('a number in [0, 1]', lambda v: _is_number(v) and 0 <= v <= 1),
+    'unit|null': ('a number in [0, 1] or null',
+                  lambda v: v is None or _is_number(v) and (math.isnan(v) or 0 <= v <= 1)),
+    'positive|null': ('a positive number or null',
+                      lambda v: v is None or _is_number(v) and (math.isnan(v) or v > 0)),
+    'count': ('an integer >= 0', lambda v: _is_int(v) and v >= 0),
+    'int': ('an integer', _is_int),
+    'str': ('a string', lambda v: isinstance(v, str)),
+    'str|null': ('a string or null', lambda v: v is None or isinstance(v, str)),
+    'bool|null': ('true, false or null', lambda v: v is None or isinstance(v, (bool, np.bool_))),
+    'interval|null': ('[low, high] or null', lambda v: v is None or (
+        isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2
+        and all(_is_number(x) and math.isfinite(x) for x in v) and v[0] <= v[1])),
+}
+
+
+def _leaf(value, kind: str):
+  """A validated leaf, normalised: python numbers, NaN -> None."""
+  if value is None or kind in ('str', 'str|null'):
+    return value
+  if kind == 'bool|null':
+    return bool(value)
+  if kind in ('count', 'int'):
+    return int(value)
+  if kind == 'interval|null':
+    return [float(value[0]), float(value[1])]
+  return finite_or_none(value)
+
+
+def _check_tree(value, spec, field: str, source: str):
+  """Validates a nested field against its spec (TREE_SPECS); returns a normalised copy."""
+  if isinstance(spec, tuple) and spec[0] == 'nullable':
+    return None if value is None else _check_tree(value, spec[1], field, source)
+  if isinstance(spec, tuple) or isinstance(spec, dict):
+    if not isinstance(value, Mapping):
+      raise ValueError(f'{source}: field {field} must be a dict, got {value!r}')
+    if isinstance(spec, tuple):  # ('map', spec): any names
+      return {str(k): _check_tree(v, spec[1], f'{field}.{k}', source) for k, v in value.items()}
+    missing = [k for k in spec if k not in value]
+    if missing:
+      raise ValueError(f'{source}: field {field} lacks {missing}')
+    out = dict(value)
+    for key, sub in spec.items():
+      out[key] = _check_tree(value[key], sub, f'{field}.{key}', source)
+    return out
+  what, ok = _TREE_KINDS[spec]
+  if not ok(value):
+    raise ValueError(f'{source}: field {field} must be {what}, got {value!r}')
+  return _leaf(value, spec)
 
 
 def _check_metric_dict(entry, field: str, source: str) -> dict:
@@ -213,6 +314,9 @@ def validate_record(record: Mapping, source: str = 'run record') -> dict:
   for field in FIELD_SPECS:
     if out.get(field) is not None:
       out[field] = _check_spec_dict(out[field], field, source)
+  for field, spec in TREE_SPECS.items():
+    if out.get(field) is not None:
+      out[field] = _check_tree(out[field], spec, field, source)
   return out
 
 

@@ -197,7 +197,8 @@ def fit_and_test(config, programs: Programs, data, subset, variables, *, trunk_k
       val=dice_lib.dice_summary(val_counts), metric_name=METRIC, selection_metric=METRIC,
       ci95=_dice_ci(test_counts, config.n_boot), predictions=predictions,
       extra={'floors': dice_lib.empty_prediction_floors(test_counts),
-             'val_floors': dice_lib.empty_prediction_floors(val_counts)})
+             'val_floors': dice_lib.empty_prediction_floors(val_counts),
+             'synthetic_data': bool(data.synthetic)})
 
 
 def model_meta(config, programs, encoder, data, meta: dict) -> dict:

@@ -3,7 +3,9 @@
   paper_results  the paper's Tables I-IV as printed (data the report reads)
   summary        aggregation: cells over seeds, per-class AUC, floors, t-tests
   markdown       report.md sections in the paper's layouts
-  plots          ROC curves and metric-vs-fraction figures (matplotlib, Agg)
+  calibration_tables  calibration and operating-point tables of classifiers
+  plots          ROC curves, reliability diagrams and metric-vs-fraction figures
+                 (matplotlib, Agg)
   build          build_report: reads run sets, writes everything
   __main__       python -m mlvicx_jax.report
 

@@ -13,9 +13,11 @@ paper Tables I-III layout: mean ± sd over seeds per label fraction and
 protocol beside the paper's MLVICX numbers, every other recorded metric
 marked as not in the paper (RSNA AUC; SIIM Dice over positive images and
 per image), each SIIM Dice with its empty-prediction floor; per-class AUCs,
-each run's bootstrap 95% CI, t-tests), summary.json (the same numbers,
-unrounded), runs.csv (one row per run) and PNG figures (ROC curves per
-class from saved predictions, metric against label fraction).
+each run's bootstrap 95% CI, calibration and operating points of
+classifiers, t-tests; "(synthetic data)" and no paper numbers where every
+record is synthetic), summary.json (the same numbers, unrounded), runs.csv
+(one row per run) and PNG figures (ROC curves per class and reliability
+diagrams from saved predictions, metric against label fraction).
 """
 
 import os
@@ -41,7 +43,7 @@ _ALL_METHODS = flags.DEFINE_bool(
     'MLVICX.')
 _N_BOOT = flags.DEFINE_integer(
     'n_boot', 1000, 'Bootstrap resamples for runs that saved predictions but '
-    'no CI; 0 disables.')
+    'no CI or operating points; 0 disables.')
 _ALPHA = flags.DEFINE_float('alpha', 0.05, 'Bootstrap CI level: 1 - alpha.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Bootstrap seed.')
 _DECIMALS = flags.DEFINE_integer('decimals', 3,

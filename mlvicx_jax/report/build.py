@@ -14,6 +14,7 @@ import os
 from mlvicx_jax import vocabulary
 from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.evaluate.records import METRIC_NAMES, SOURCE_KEY
+from mlvicx_jax.report import calibration_tables
 from mlvicx_jax.report import markdown as md
 from mlvicx_jax.report.summary import (SD_DDOF, check_duplicates, fraction_key, paired_tests,
                                        row_label, run_ci, summarize, summarize_floors,
@@ -47,7 +48,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
     labels: names of the run sets (default: directory names).
     all_methods: also list every method of the paper, not only MLVICX.
     n_boot: bootstrap resamples for runs with predictions but no recorded
-      CI (0 disables).
+      CI or operating points (0 disables).
     alpha: 0.05 gives 95% intervals.
     seed: bootstrap seed.
     decimals: digits of reproduced numbers in the markdown.
@@ -73,6 +74,11 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
   labelled = [(row_label(name, r), r) for name, records in run_sets.items()
               for r in records]
   per_class = summarize_per_class(labelled)
+  synthetic_keys = {}
+  for label, r in labelled:
+    key = (label, r['task'], r['protocol'])
+    synthetic_keys[key] = synthetic_keys.get(key, True) and bool(r.get('synthetic_data'))
+  calibrations = calibration_tables.collect(run_sets, n_boot)
 
   run_list = []
   for name, records in run_sets.items():
@@ -86,7 +92,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
           value=r['test'][r['metric_name']], ci95=ci, ci_source=ci_source,
           floor=(r.get('floors') or {}).get(r['metric_name']),
           best_epoch=r.get('best_epoch'), checkpoint=r.get('checkpoint'),
-          source=r.get(SOURCE_KEY)))
+          synthetic=bool(r.get('synthetic_data')), source=r.get(SOURCE_KEY)))
 
   lines = ['# mlvicx_jax evaluation report', '']
   for name, run_dir in zip(names, run_dirs):
@@ -98,6 +104,10 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
   lines += ['', 'Reproduced cells: test metric, mean ± sample sd over seeds '
             f'(ddof={SD_DDOF}), n = number of seeds. Paper cells as printed '
             '(MLVICX, JBHI 2024).', '']
+  if md.all_synthetic(r for records in run_sets.values() for r in records):
+    lines += ['Every record comes from synthetic builds (mlvicx_jax.synthetic): tables and '
+              "figures say \"(synthetic data)\" and the paper's numbers, measured on real "
+              'X-rays, are not shown beside them.', '']
   for task in vocabulary.TASKS:
     task_rows = [r for r in summary if r['task'] == task]
     if task == 'siim':
@@ -117,7 +127,10 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
         if rows:
           lines += md.classification_section(task, protocol, metric, rows,
                                              all_methods, decimals)
-  lines += md.per_class_section(per_class, decimals)
+  lines += md.per_class_section(
+      per_class, decimals, frozenset(k for k, synthetic in synthetic_keys.items() if synthetic))
+  lines += calibration_tables.calibration_section(calibrations, decimals)
+  lines += calibration_tables.operating_points_section(calibrations, decimals)
   lines += md.runs_section(run_list, decimals)
 
   tests = {}
@@ -126,7 +139,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
     tests[f'{first} vs {other}'] = paired_tests(run_sets[first],
                                                 run_sets[other])
     lines += md.ttest_section(first, other, tests[f'{first} vs {other}'],
-                              decimals)
+                              decimals, md.all_synthetic(run_sets[first] + run_sets[other]))
 
   plot_paths = []
   if plots:
@@ -142,7 +155,8 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
   summary_path = os.path.join(out_dir, 'summary.json')
   record_files.atomic_write(summary_path, json.dumps(record_files.json_ready(
       {'run_sets': dict(zip(names, run_dirs)), 'cells': summary,
-       'floors': floors, 'runs': run_list, 'paired_tests': tests}),
+       'floors': floors, 'runs': run_list, 'paired_tests': tests,
+       'calibration': calibrations}),
       indent=2, allow_nan=False) + '\n')
   csv_path = os.path.join(out_dir, 'runs.csv')
   record_files.atomic_write(csv_path, record_files.csv_text(

@@ -9,24 +9,44 @@ from mlvicx_jax import vocabulary
 from mlvicx_jax.report import paper_results
 from mlvicx_jax.evaluate.records import METRIC_TITLES
 
-_DASH = '–'
+DASH = '–'
+SYNTHETIC = ' (synthetic data)'  # in the title of everything measured on synthetic builds
 
 
-def _fmt(value: float | None, decimals: int) -> str:
+def all_synthetic(items: Iterable[Mapping]) -> bool:
+  """Whether every record (`synthetic_data`) or summary row (`synthetic`) is synthetic.
+
+  Only then are the paper's numbers left out: they describe real X-rays, and
+  a synthetic run beside them would read as a reproduction.
+  """
+  items = list(items)
+  return bool(items) and all(r.get('synthetic', r.get('synthetic_data')) for r in items)
+
+
+def synthetic_suffix(items: Iterable[Mapping]) -> str:
+  return SYNTHETIC if all_synthetic(items) else ''
+
+
+def _reproduced(label: str, rows: Sequence[Mapping], synthetic_table: bool) -> str:
+  """A measured row's label; synthetic rows among real ones say so."""
+  marked = not synthetic_table and all_synthetic(rows)
+  return f'{label} (reproduced{", synthetic data" if marked else ""})'
+
+
+def fmt(value: float | None, decimals: int) -> str:
   if value is None or (isinstance(value, float) and math.isnan(value)):
-    return _DASH
+    return DASH
   return f'{value:.{decimals}f}'
 
 
 def format_mean_sd(mean: float, sd: float, n: int, decimals: int = 3) -> str:
-  text = _fmt(mean, decimals)
+  text = fmt(mean, decimals)
   if n > 1:
-    text += f' ± {_fmt(sd, decimals)}'
+    text += f' ± {fmt(sd, decimals)}'
   return f'{text} (n={n})'
 
 
-def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]
-                    ) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
   lines = ['| ' + ' | '.join(header) + ' |',
            '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
@@ -46,18 +66,25 @@ def _paper_rows(task: str, protocol: str, fractions: Sequence[float],
     cells = [paper_results.paper_reference(task, protocol, f, method)
              for f in fractions]
     if any(c is not None for c in cells):
-      rows.append([f'{method} (paper)'] + [_fmt(c, 3) for c in cells])
+      rows.append([f'{method} (paper)'] + [fmt(c, 3) for c in cells])
   return rows
 
 
 def classification_section(task, protocol, metric, rows, all_methods,
                             decimals) -> list[str]:
   fractions = sorted({r['fraction'] for r in rows})
-  paper_metric = (metric == vocabulary.TASK_METRIC[task]
-                  and paper_results.paper_table_for(task, protocol) is not None)
-  if paper_metric:
+  synthetic = all_synthetic(rows)
+  table = paper_results.paper_table_for(task, protocol)
+  paper_metric = metric == vocabulary.TASK_METRIC[task] and table is not None
+  note = []
+  if synthetic:
+    source = 'synthetic data'
+    if paper_metric:
+      note = [f"Every record here comes from a synthetic build: the paper's Table {table} "
+              '(real X-rays) is not shown beside it.', '']
+    paper_metric = False
+  elif paper_metric:
     fractions = sorted(set(fractions) | set(paper_results.FRACTIONS))
-    table = paper_results.paper_table_for(task, protocol)
     source = f'paper Table {table}'
   else:
     source = 'not reported in the paper'
@@ -69,12 +96,12 @@ def classification_section(task, protocol, metric, rows, all_methods,
     body += _paper_rows(task, protocol, fractions, _paper_methods(rows, all_methods))
   for label in dict.fromkeys(r['row'] for r in rows):
     by_fraction = {r['fraction']: r for r in rows if r['row'] == label}
-    body.append([f'{label} (reproduced)'] + [
+    body.append([_reproduced(label, list(by_fraction.values()), synthetic)] + [
         format_mean_sd(by_fraction[f]['mean'], by_fraction[f]['sd'],
                        by_fraction[f]['n'], decimals)
-        if f in by_fraction else _DASH for f in fractions])
+        if f in by_fraction else DASH for f in fractions])
   header = ['method'] + [paper_results.format_fraction(f) for f in fractions]
-  return [title, ''] + _markdown_table(header, body)
+  return [title, ''] + note + markdown_table(header, body)
 
 
 DICE_METRICS = ('dice', 'dice_positive', 'dice_per_image')
@@ -102,8 +129,8 @@ def siim_note() -> str:
 def siim_section(rows_by_metric: Mapping[str, list], floors: Mapping,
                  all_methods: bool, decimals: int) -> list[str]:
   """The SIIM heading, the note on Dice, one table per Dice with its floor."""
-  lines = [f'## {paper_results.TASK_TITLES["siim"]}: Dice', '', siim_note(),
-           '']
+  mark = synthetic_suffix(r for rows in rows_by_metric.values() for r in rows)
+  lines = [f'## {paper_results.TASK_TITLES["siim"]}: Dice{mark}', '', siim_note(), '']
   for metric in DICE_METRICS:
     if rows_by_metric.get(metric):
       lines += _dice_table(metric, rows_by_metric[metric], floors,
@@ -112,7 +139,8 @@ def siim_section(rows_by_metric: Mapping[str, list], floors: Mapping,
 
 
 def _dice_table(metric, rows, floors, all_methods, decimals) -> list[str]:
-  beside_paper = metric == vocabulary.TASK_METRIC['siim']
+  synthetic = all_synthetic(rows)
+  beside_paper = metric == vocabulary.TASK_METRIC['siim'] and not synthetic
   columns = {(r['protocol'], r['fraction']) for r in rows}
   if beside_paper:
     columns |= set(paper_results.TABLE_III_COLUMNS)
@@ -129,27 +157,29 @@ def _dice_table(metric, rows, floors, all_methods, decimals) -> list[str]:
           sd = paper_results.paper_sd(setting, method, fraction)
           cells.append(f'{mean:.2f} ± {sd:.2f}')
         else:
-          cells.append(_DASH)
+          cells.append(DASH)
       body.append([f'{method} (paper)'] + cells)
   for label in dict.fromkeys(r['row'] for r in rows):
     by_column = {(r['protocol'], r['fraction']): r for r in rows
                  if r['row'] == label}
-    body.append([f'{label} (reproduced)'] + [
+    body.append([_reproduced(label, list(by_column.values()), synthetic)] + [
         format_mean_sd(by_column[c]['mean'], by_column[c]['sd'],
                        by_column[c]['n'], decimals)
-        if c in by_column else _DASH for c in columns])
-  body.append([FLOOR_ROW] + [_fmt(floors.get((metric,) + c), decimals)
+        if c in by_column else DASH for c in columns])
+  body.append([FLOOR_ROW] + [fmt(floors.get((metric,) + c), decimals)
                              for c in columns])
   header = ['method'] + [
       f'{paper_results.PROTOCOL_SHORT[p]} {paper_results.format_fraction(f)}'
       for p, f in columns]
-  source = 'beside paper Table III' if beside_paper else 'not in the paper'
-  title = (f'### {paper_results.TASK_TITLES["siim"]}: {METRIC_TITLES[metric]}'
-           f', {source}')
-  return [title, ''] + _markdown_table(header, body)
+  source = (SYNTHETIC if synthetic else
+            ', beside paper Table III' if beside_paper else ', not in the paper')
+  title = f'### {paper_results.TASK_TITLES["siim"]}: {METRIC_TITLES[metric]}{source}'
+  return [title, ''] + markdown_table(header, body)
 
 
-def per_class_section(per_class: Mapping, decimals: int) -> list[str]:
+def per_class_section(per_class: Mapping, decimals: int,
+                      synthetic: frozenset = frozenset()) -> list[str]:
+  """Per-class AUC tables; `synthetic` holds the (row, task, protocol) keys of synthetic runs."""
   lines = []
   rows = list(dict.fromkeys(label for label, _, _ in per_class))
   order = lambda key: (vocabulary.TASKS.index(key[1]),
@@ -160,71 +190,78 @@ def per_class_section(per_class: Mapping, decimals: int) -> list[str]:
     fractions = sorted({f for fracs in classes.values() for f in fracs})
     if not fractions or len(classes) < 2:
       continue  # one class: its AUC is the mean AUC, tabulated above
+    mark = SYNTHETIC if (label, task, protocol) in synthetic else ''
     lines += [f'### Per-class AUC: {paper_results.TASK_TITLES[task]}, '
-              f'{paper_results.PROTOCOL_TITLES[protocol]}, {label}', '']
+              f'{paper_results.PROTOCOL_TITLES[protocol]}, {label}{mark}', '']
     body = []
     for cls, fracs in classes.items():
       cells = []
       for f in fractions:
         if f not in fracs:
-          cells.append(_DASH)
+          cells.append(DASH)
           continue
         mean, sd, n = fracs[f]
-        cells.append(_fmt(mean, decimals) +
-                     (f' ± {_fmt(sd, decimals)}' if n > 1 else ''))
+        cells.append(fmt(mean, decimals) +
+                     (f' ± {fmt(sd, decimals)}' if n > 1 else ''))
       body.append([cls] + cells)
-    lines += _markdown_table(
+    lines += markdown_table(
         ['class'] + [paper_results.format_fraction(f) for f in fractions], body)
   if lines:
+    mark = SYNTHETIC if per_class and set(per_class) <= set(synthetic) else ''
     lines = ['## Per-class test AUC (mean ± sd over seeds; undefined AUCs '
-             'left out)', ''] + lines
+             f'left out){mark}', ''] + lines
   return lines
 
 
 def runs_section(run_list, decimals) -> list[str]:
   body = []
+  synthetic = all_synthetic(run_list)
   for item in run_list:
     ci = item['ci95']
-    ci_text = (f'[{_fmt(ci[0], decimals)}, {_fmt(ci[1], decimals)}]'
+    ci_text = (f'[{fmt(ci[0], decimals)}, {fmt(ci[1], decimals)}]'
                f'{"" if item["ci_source"] == "record" else " (b)"}'
-               if ci else _DASH)
-    body.append([item['row'], item['task'], item['protocol'],
+               if ci else DASH)
+    row = item['row'] + (SYNTHETIC if item.get('synthetic') and not synthetic else '')
+    body.append([row, item['task'], item['protocol'],
                  paper_results.format_fraction(item['fraction']),
                  item['seed'], METRIC_TITLES[item['metric']],
-                 _fmt(item['value'], decimals), ci_text,
-                 _fmt(item['floor'], decimals),
-                 _DASH if item['best_epoch'] is None else item['best_epoch'],
-                 item['checkpoint'] or _DASH])
+                 fmt(item['value'], decimals), ci_text,
+                 fmt(item['floor'], decimals),
+                 DASH if item['best_epoch'] is None else item['best_epoch'],
+                 item['checkpoint'] or DASH])
   header = ['run', 'task', 'protocol', 'fraction', 'seed', 'metric', 'test',
             '95% CI', 'floor', 'best epoch', 'checkpoint']
-  return (['## Runs', '',
+  return ([f'## Runs{SYNTHETIC if synthetic else ""}', '',
            '95% CIs are bootstrap percentile intervals over test images, as '
            'recorded by the run or, marked (b), computed here from its saved '
            'predictions. Floor: what an empty prediction scores on the same '
-           'test split (segmentation).', ''] + _markdown_table(header, body))
+           'test split (segmentation).', ''] + markdown_table(header, body))
 
 
-def ttest_section(label_a, label_b, tests, decimals) -> list[str]:
+def ttest_section(label_a, label_b, tests, decimals, synthetic: bool = False) -> list[str]:
+  """Paired t-tests; beside synthetic run sets the paper's p-values are not quoted."""
   body = []
   for t in tests:
     body.append([t['task'], t['protocol'], METRIC_TITLES[t['metric']],
                  paper_results.format_fraction(t['fraction']), t['n'],
-                 _fmt(t.get('mean_a'), decimals),
-                 _fmt(t.get('mean_b'), decimals),
-                 _fmt(t.get('mean_diff'), decimals),
-                 _fmt(t['t'], 3),
-                 _DASH if t['p'] is None else f'{t["p"]:.3g}', t['note']])
+                 fmt(t.get('mean_a'), decimals),
+                 fmt(t.get('mean_b'), decimals),
+                 fmt(t.get('mean_diff'), decimals),
+                 fmt(t['t'], 3),
+                 DASH if t['p'] is None else f'{t["p"]:.3g}', t['note']])
   header = ['task', 'protocol', 'metric', 'fraction', 'pairs',
             f'mean {label_a}', f'mean {label_b}', 'mean diff', 't', 'p',
             'note']
   sig = paper_results.SIGNIFICANCE
   paper_p = ', '.join(f'{paper_results.format_fraction(f)}: p = {p:.3g}'
                       for f, p in sig['p_values'].items())
-  return ([f'## Paired t-tests: {label_a} vs {label_b} (paired by seed, '
-           'two-sided)', ''] + _markdown_table(header, body) +
-          [f'Paper: MLVICX vs {sig["baseline"]}, '
-           f'{paper_results.PROTOCOL_TITLES[sig["protocol"]]}, paired t-test '
-           f'over {sig["n_runs"]} runs: {paper_p}.', ''])
+  lines = [f'## Paired t-tests: {label_a} vs {label_b} (paired by seed, '
+           f'two-sided){SYNTHETIC if synthetic else ""}', ''] + markdown_table(header, body)
+  if synthetic:
+    return lines
+  return lines + [f'Paper: MLVICX vs {sig["baseline"]}, '
+                  f'{paper_results.PROTOCOL_TITLES[sig["protocol"]]}, paired t-test '
+                  f'over {sig["n_runs"]} runs: {paper_p}.', '']
 
 
 # --- protocol lines ----------------------------------------------------------

@@ -18,10 +18,14 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from mlvicx_jax import vocabulary
+from mlvicx_jax.evaluate import calibration
 from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.evaluate import records as records_lib
+from mlvicx_jax.report import markdown as md
 from mlvicx_jax.report import paper_results
 from mlvicx_jax.report import summary as summary_lib
+
+RELIABILITY_BINS = 15
 
 
 def _new_figure(width: float, height: float) -> mpl_figure.Figure:
@@ -79,6 +83,43 @@ def plot_roc_curves(labels, scores, class_names: Sequence[str] | None,
   return _save(fig, path)
 
 
+def plot_reliability(curves: Mapping[str, tuple], path: str, title: str = '',
+                     n_bins: int = RELIABILITY_BINS) -> str:
+  """Reliability diagram pooled over classes, one curve per entry, and how many
+  predictions fall in each bin below it (equal-width bins, NaN labels left out).
+
+  Args:
+    curves: label -> (labels, probabilities), each (N,) or (N, K).
+    path: PNG file to write.
+    title: figure title.
+    n_bins: equal-width bins on [0, 1].
+
+  Returns:
+    `path`.
+  """
+  fig = _new_figure(6, 7)
+  ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={'height_ratios': [3, 1]})
+  ax.plot([0, 1], [0, 1], color='grey', lw=0.8, ls=':', label='calibrated')
+  edges = np.linspace(0, 1, n_bins + 1)
+  for label, (labels, probs) in curves.items():
+    labels = np.asarray(labels, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    positive_rate, mean_prob, _ = calibration.reliability_curve(labels, probs, n_bins)
+    ece = calibration.expected_calibration_error(labels, probs, n_bins)
+    ax.plot(mean_prob, positive_rate, marker='o', lw=1.2, label=f'{label} (ECE {ece:.3f})')
+    hist.hist(probs[~np.isnan(labels)], bins=edges, histtype='step', lw=1.2)
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel('observed positive rate')
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  ax.legend(loc='upper left', fontsize='small')
+  hist.set_yscale('log')
+  hist.set_xlabel(f'mean predicted probability ({n_bins} equal-width bins)')
+  hist.set_ylabel('predictions')
+  return _save(fig, path)
+
+
 def plot_metric_vs_fraction(
     series: Mapping[str, tuple[Sequence[float], Sequence[float],
                                Sequence[float]]],
@@ -128,50 +169,80 @@ def plot_metric_vs_fraction(
   return _save(fig, path)
 
 
-def write_report_plots(run_sets: Mapping[str, Sequence[Mapping]],
-                       summary: Sequence[Mapping], out_dir: str) -> list[str]:
-  """The report's figures: ROC curves from saved predictions, and each metric
-  against the label fraction beside the paper's numbers."""
-  paths = []
-  # ROC curves: the lowest seed with predictions per row/task/protocol/fraction.
-  chosen = {}
+def _classification_predictions(run_sets):
+  """(row, task, protocol, fraction) -> [(record, test predictions)] by seed."""
+  found = {}
   for name, records in run_sets.items():
     for r in sorted(records, key=lambda r: r['seed']):
-      key = (summary_lib.row_label(name, r), r['task'], r['protocol'],
-             summary_lib.fraction_key(r['label_fraction']))
-      if key not in chosen and r.get('predictions'):
-        predictions = record_files.load_predictions(r)
-        if 'scores' in predictions:
-          chosen[key] = (r, predictions)
-  for (label, task, protocol, fraction), (r, p) in chosen.items():
+      if not r.get('predictions'):
+        continue
+      predictions = record_files.load_predictions(r)
+      if 'scores' in predictions:
+        key = (summary_lib.row_label(name, r), r['task'], r['protocol'],
+               summary_lib.fraction_key(r['label_fraction']))
+        found.setdefault(key, []).append((r, predictions))
+  return found
+
+
+def _setting_title(label, task, protocol, fraction) -> str:
+  return (f'{label}: {paper_results.TASK_TITLES[task]}, '
+          f'{paper_results.PROTOCOL_TITLES[protocol]}, '
+          f'{paper_results.format_fraction(fraction)}')
+
+
+def write_report_plots(run_sets: Mapping[str, Sequence[Mapping]],
+                       summary: Sequence[Mapping], out_dir: str) -> list[str]:
+  """The report's figures: ROC curves and reliability diagrams from saved
+  predictions, and each metric against the label fraction beside the paper's
+  numbers (left out where every record is synthetic; titles then say so)."""
+  paths = []
+  predictions = _classification_predictions(run_sets)
+  # ROC curves: the lowest seed with predictions per row/task/protocol/fraction.
+  for (label, task, protocol, fraction), runs in predictions.items():
+    r, p = runs[0]
     names = p.get('class_names')
     if names is None:
       names = list((r['test'].get('per_class_auc') or {}).keys()) or None
     path = os.path.join(out_dir, f'roc_{records_lib.slug(label)}_{task}_'
                         f'{protocol}_f{fraction:g}_seed{r["seed"]}.png')
-    title = (f'{label}: {paper_results.TASK_TITLES[task]}, '
-             f'{paper_results.PROTOCOL_TITLES[protocol]}, '
-             f'{paper_results.format_fraction(fraction)}, seed {r["seed"]}')
+    title = (f'{_setting_title(label, task, protocol, fraction)}, seed {r["seed"]}'
+             f'{md.synthetic_suffix([r])}')
     paths.append(plot_roc_curves(
         p['labels'], p['scores'],
         None if names is None else [str(n) for n in names], path, title))
+  # Reliability, pooled over classes: every seed whose scores are probabilities.
+  for (label, task, protocol, fraction), runs in predictions.items():
+    runs = [(r, p) for r, p in runs
+            if np.all((p['scores'] >= 0) & (p['scores'] <= 1))]
+    if not runs:
+      continue
+    path = os.path.join(out_dir, f'reliability_{records_lib.slug(label)}_{task}_'
+                        f'{protocol}_f{fraction:g}.png')
+    title = (f'{_setting_title(label, task, protocol, fraction)}\nreliability, pooled '
+             f'over classes{md.synthetic_suffix([r for r, _ in runs])}')
+    paths.append(plot_reliability(
+        {f'seed {r["seed"]}': (p['labels'], p['scores']) for r, p in runs}, path, title))
   # Metric against label fraction, per task and metric.
   for task in vocabulary.TASKS:
     for metric in records_lib.METRIC_NAMES:
       rows = [r for r in summary if r['task'] == task and r['metric'] == metric]
       if not rows:
         continue
+      synthetic = md.all_synthetic(rows)
       series = {}
       for label, protocol in dict.fromkeys((r['row'], r['protocol'])
                                            for r in rows):
         cell = [r for r in rows if (r['row'], r['protocol']) == (label,
                                                                  protocol)]
-        series[f'{label}, {protocol}'] = ([r['fraction'] for r in cell],
-                                          [r['mean'] for r in cell],
-                                          [r['sd'] for r in cell])
+        mark = md.SYNTHETIC if md.all_synthetic(cell) and not synthetic else ''
+        series[f'{label}, {protocol}{mark}'] = ([r['fraction'] for r in cell],
+                                                [r['mean'] for r in cell],
+                                                [r['sd'] for r in cell])
       paper = {}
       if metric == vocabulary.TASK_METRIC[task]:
         for protocol in dict.fromkeys(r['protocol'] for r in rows):
+          if md.all_synthetic([r for r in rows if r['protocol'] == protocol]):
+            continue  # the paper measured real X-rays
           points = [(f, paper_results.paper_reference(task, protocol, f))
                     for f in paper_results.FRACTIONS]
           points = [(f, v) for f, v in points if v is not None]
@@ -181,6 +252,7 @@ def write_report_plots(run_sets: Mapping[str, Sequence[Mapping]],
       title = records_lib.METRIC_TITLES[metric]
       path = os.path.join(out_dir, f'{metric}_vs_fraction_{task}.png')
       paths.append(plot_metric_vs_fraction(
-          series, path, title, f'{paper_results.TASK_TITLES[task]}: {title}',
+          series, path, title,
+          f'{paper_results.TASK_TITLES[task]}: {title}{md.SYNTHETIC if synthetic else ""}',
           paper))
   return paths

@@ -64,10 +64,12 @@ def summarize(run_sets: Mapping[str, Sequence[Mapping]]) -> list[dict]:
   Every scalar test metric a record has is summarised (e.g. RSNA runs give
   accuracy and mean AUC rows); `paper` is the paper's number for the row's
   pretraining method (`paper_method`: its row in the paper's tables, MLVICX's
-  when the record does not say) when the paper reports that metric.
+  when the record does not say) when the paper reports that metric, and None
+  when every record of the cell is synthetic (`synthetic`): the paper measured
+  real X-rays.
   """
   cells = collections.defaultdict(list)
-  methods = {}
+  methods, synthetic = {}, {}
   for run_set, records in run_sets.items():
     for record in records:
       for metric in METRIC_NAMES:
@@ -79,18 +81,19 @@ def summarize(run_sets: Mapping[str, Sequence[Mapping]]) -> list[dict]:
                fraction_key(record['label_fraction']))
         cells[key].append((record['seed'], value))
         methods[key] = paper_results.paper_row((record.get('encoder') or {}).get('method'))
+        synthetic[key] = synthetic.get(key, True) and bool(record.get('synthetic_data'))
   rows = []
   for key in sorted(cells, key=lambda k: (list(run_sets).index(k[0]),) + k):
     run_set, label, task, protocol, metric, fraction = key
     pairs = sorted(cells[key])
     mean, sd = mean_sd([v for _, v in pairs])
     paper = None
-    if metric == vocabulary.TASK_METRIC[task]:
+    if metric == vocabulary.TASK_METRIC[task] and not synthetic[key]:
       paper = paper_results.paper_reference(task, protocol, fraction, methods[key])
     rows.append(dict(run_set=run_set, row=label, task=task, protocol=protocol,
                      paper_method=methods[key], metric=metric, fraction=fraction, n=len(pairs),
                      seeds=[s for s, _ in pairs], values=[v for _, v in pairs],
-                     mean=mean, sd=sd, paper=paper))
+                     mean=mean, sd=sd, paper=paper, synthetic=synthetic[key]))
   return rows
 
 

@@ -171,6 +171,7 @@ def test_siim_program_records_three_dice_with_floors(siim):
   assert record['test'] == pytest.approx(numpy_dice(probs, masks), abs=1e-9)
   assert record['floors'] == pytest.approx(numpy_dice(np.zeros_like(masks), masks))
   assert set(record['val_floors']) == {'dice', 'dice_positive', 'dice_per_image'}
+  assert record['synthetic_data'] is True  # the fixture's SIIM films come from mlvicx_jax.synthetic
 
 
 def test_segment_rejects_a_checkpoint_of_another_architecture(tmp_path, monkeypatch):
