@@ -15,6 +15,7 @@ from mlvicx_jax import vocabulary
 from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.evaluate.records import METRIC_NAMES, SOURCE_KEY
 from mlvicx_jax.report import calibration_tables
+from mlvicx_jax.report import localisation_tables
 from mlvicx_jax.report import markdown as md
 from mlvicx_jax.report.summary import (SD_DDOF, check_duplicates, fraction_key, paired_tests,
                                        row_label, run_ci, summarize, summarize_floors,
@@ -79,6 +80,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
     key = (label, r['task'], r['protocol'])
     synthetic_keys[key] = synthetic_keys.get(key, True) and bool(r.get('synthetic_data'))
   calibrations = calibration_tables.collect(run_sets, n_boot)
+  localised = localisation_tables.collect(run_sets)
 
   run_list = []
   for name, records in run_sets.items():
@@ -131,6 +133,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
       per_class, decimals, frozenset(k for k, synthetic in synthetic_keys.items() if synthetic))
   lines += calibration_tables.calibration_section(calibrations, decimals)
   lines += calibration_tables.operating_points_section(calibrations, decimals)
+  lines += localisation_tables.section(localised, decimals)
   lines += md.runs_section(run_list, decimals)
 
   tests = {}
@@ -144,6 +147,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
   plot_paths = []
   if plots:
     plot_paths = plots_lib.write_report_plots(run_sets, summary, out_dir)
+    plot_paths += localisation_tables.write_figures(localised, out_dir)
     if plot_paths:
       lines += ['## Figures', '']
       lines += [f'![{os.path.basename(p)}]({os.path.basename(p)})'

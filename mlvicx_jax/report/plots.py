@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import os
 
 import matplotlib
+import matplotlib.patches
 from matplotlib.backends import backend_agg
 from matplotlib import figure as mpl_figure
 from matplotlib import ticker
@@ -117,6 +118,39 @@ def plot_reliability(curves: Mapping[str, tuple], path: str, title: str = '',
   hist.set_yscale('log')
   hist.set_xlabel(f'mean predicted probability ({n_bins} equal-width bins)')
   hist.set_ylabel('predictions')
+  return _save(fig, path)
+
+
+def plot_localisation_examples(predictions: Mapping, class_names: Sequence[str], path: str,
+                               title: str = '') -> str:
+  """The kept localisation examples: X-ray, Grad-CAM map and box, hit or miss, IoU.
+
+  A map with no positive evidence is not drawn: the panel says so.
+  """
+  maps = np.asarray(predictions['loc_maps'])
+  count = len(maps)
+  columns = min(4, count)
+  rows = -(-count // columns)
+  fig = _new_figure(3.0 * columns, 3.3 * rows)
+  for k in range(count):
+    ax = fig.add_subplot(rows, columns, k + 1)
+    ax.imshow(np.asarray(predictions['loc_images'][k]), cmap='gray', vmin=0, vmax=1)
+    heatmap = maps[k]
+    evidence = heatmap.max() > 0
+    if evidence:
+      ax.imshow(heatmap / heatmap.max(), cmap='jet', alpha=0.4, vmin=0, vmax=1)
+    x, y, w, h = (float(v) for v in predictions['loc_boxes'][k])
+    hit = bool(predictions['loc_hits'][k])
+    ax.add_patch(matplotlib.patches.Rectangle((x - 0.5, y - 0.5), w, h, fill=False,
+                                              edgecolor='lime' if hit else 'red', linewidth=1.5))
+    if evidence:
+      row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+      ax.plot([col], [row], marker='x', color='white', markersize=6)
+    finding = class_names[int(predictions['loc_findings'][k])]
+    verdict = ('hit' if hit else 'miss') if evidence else 'miss: no positive evidence'
+    ax.set_title(f'{finding}: {verdict}\nIoU {float(predictions["loc_iou"][k]):.2f}', fontsize=8)
+    ax.axis('off')
+  fig.suptitle(title, fontsize=9)
   return _save(fig, path)
 
 
