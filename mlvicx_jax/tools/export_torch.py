@@ -46,6 +46,7 @@ import jax
 import numpy as np
 
 from mlvicx_jax import checkpoint
+from mlvicx_jax import cli
 from mlvicx_jax.tools import import_torch
 
 FORMATS = ('official', 'torchvision')
@@ -211,11 +212,9 @@ def define_flags():
 
 
 def main(argv):
-  del argv
-  try:
-    report = export(FLAGS.checkpoint, FLAGS.output, FLAGS.format, FLAGS.step)
-  except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-    raise SystemExit(f'export_torch: {e}') from None
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  report = export(FLAGS.checkpoint, FLAGS.output, FLAGS.format, FLAGS.step)
   print(f'wrote {report["output"]} ({report["format"]}): {report["tensors"]} tensors, '
         f'{report["values"]:,} values, step {report["step"]}')
   if report['dropped']:
@@ -234,6 +233,10 @@ def main(argv):
     print('no fc.weight/fc.bias: load with strict=False or after model.fc = nn.Identity()')
 
 
+def _errors() -> tuple:
+  return (ValueError, OSError)  # CheckpointError is a ValueError
+
+
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(cli.exit_on_user_errors(main, _errors))

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlvicx_jax import checkpoint
+from mlvicx_jax import cli
 from mlvicx_jax import models
 
 # Official EncoderwithProjection keeps torchvision's children in a Sequential
@@ -349,18 +350,37 @@ def define_flags():
   flags.mark_flags_as_required(['input', 'output'])
 
 
+def read_error(path: str, error: Exception) -> str:
+  """Why a file is not a checkpoint this tool reads, never advising a pickle load."""
+  text = str(error)
+  unpickler = text.split('WeightsUnpickler error:', 1)
+  if 'Unsupported global' in text:
+    cause = ('it holds Python objects that only an unrestricted pickle load could build, '
+             'which can run arbitrary code; re-save its state dict with torch.save')
+  elif len(unpickler) == 2:  # torch's own advice around it suggests a pickle load: left out
+    cause = 'not a torch.save file: ' + (unpickler[1].strip().splitlines() or ['unreadable'])[0]
+  elif isinstance(error, EOFError):
+    cause = 'the file ends early: empty or truncated'
+  else:
+    cause = (text.strip().splitlines() or [type(error).__name__])[0][:200]
+  return (f'{path} is not a PyTorch checkpoint this tool reads ({cause}); expected a '
+          'torch.save file of a state dict, an official trainer checkpoint with "model", '
+          "or an {'online': ...} encoder snapshot")
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   import os  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(FLAGS.input):
-    raise app.UsageError(f'--input file {FLAGS.input} does not exist')
+    raise checkpoint.CheckpointError(f'--input {FLAGS.input}: no such file')
   if os.path.exists(FLAGS.output) and os.listdir(FLAGS.output):
-    raise app.UsageError(f'--output {FLAGS.output} exists and is not empty; '
-                         'refusing to overwrite it')
+    raise checkpoint.CheckpointError(f'--output {FLAGS.output} exists and is not empty; '
+                                     'refusing to overwrite it')
   try:
     obj = load_torch(FLAGS.input)
   except Exception as e:  # pylint: disable=broad-except
-    raise app.UsageError(f'cannot read {FLAGS.input} as a PyTorch checkpoint: {e}')
+    raise checkpoint.CheckpointError(read_error(FLAGS.input, e)) from None
   flag = FLAGS.multilevel_size if FLAGS['multilevel_size'].present else None
   variables, cfg, meta = import_state_dict(obj, FLAGS.output, source=FLAGS.input,
                                            multilevel_size=flag)
@@ -376,6 +396,10 @@ def main(argv):
     print(f'multi-level resize size: none ({meta["multilevel_size_from"]})')
 
 
+def _errors() -> tuple:
+  return (checkpoint.CheckpointError, OSError)
+
+
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(cli.exit_on_user_errors(main, _errors))

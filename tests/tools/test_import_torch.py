@@ -210,3 +210,32 @@ def test_cli_prints_the_multilevel_size_used(small_state, tmp_path):
   assert 'multi-level resize size 32 from flag --multilevel_size' in run.stdout, run.stdout
   assert 'tensors do not store it' in run.stdout
   assert pretrained.load(str(tmp_path / 'o')).meta['multilevel_size'] == 32
+
+
+class _Opaque:
+  """A class a weights-only load refuses: only pickle could rebuild it."""
+
+
+def test_bad_inputs_are_one_line_each_and_never_advise_pickle(small_state, tmp_path):
+  good = tmp_path / 'good.pth'
+  torch.save({'online': small_state}, good)
+  data = good.read_bytes()
+  (tmp_path / 'empty.pth').write_bytes(b'')
+  (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
+  (tmp_path / 'image.pth').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(100))
+  torch.save({'online': small_state, 'extra': _Opaque()}, tmp_path / 'pickled.pth')
+  unknown = dict(small_state, **{'mystery.weight': torch.zeros(3)})
+  torch.save({'online': unknown}, tmp_path / 'unknown.pth')
+  cases = {'missing.pth': 'no such file', 'empty.pth': 'is not a PyTorch checkpoint',
+           'cut.pth': 'is not a PyTorch checkpoint', 'image.pth': 'is not a PyTorch checkpoint',
+           'pickled.pth': 'only an unrestricted pickle load', 'unknown.pth': 'mystery.weight'}
+  for name, expected in cases.items():
+    run = subprocess.run([sys.executable, '-m', 'mlvicx_jax.tools.import_torch',
+                          f'--input={tmp_path / name}', f'--output={tmp_path / ("out_" + name)}'],
+                         cwd=REPO, capture_output=True, text=True, check=False)
+    errors = [line for line in run.stderr.splitlines() if line.startswith('error:')]
+    assert run.returncode == 1, (name, run.stderr[-2000:])
+    assert len(errors) == 1 and expected in errors[0], (name, run.stderr[-2000:])
+    assert str(tmp_path / name) in errors[0] or name == 'unknown.pth', errors[0]
+    for banned in ('Traceback', 'weights_only=False', 'USAGE', 'flags:'):
+      assert banned not in run.stderr + run.stdout, (name, banned, run.stderr[-2000:])
