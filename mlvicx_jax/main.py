@@ -27,6 +27,9 @@ flags.DEFINE_integer('process_id', None, 'This process (multi-process runs).')
 flags.DEFINE_bool('distributed', None, 'Force jax.distributed.initialize() on (auto-detected '
                   'cluster) or off; default: on when a cluster environment is detected.')
 flags.DEFINE_string('cpu_collectives', 'gloo', 'Cross-process collectives on CPU.')
+flags.DEFINE_integer('heartbeat_timeout', 100,
+                     'Seconds after which the others give up on a silent process (jax.distributed '
+                     'heartbeat); a dead peer stops the survivors in about this time.')
 
 
 def _cluster_detected() -> bool:
@@ -44,9 +47,10 @@ def initialize_distributed():
     jax.config.update('jax_cpu_collectives_implementation', FLAGS.cpu_collectives)
   if explicit:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
   else:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
   logging.info('Process %d of %d, %d local / %d global devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
