@@ -28,6 +28,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.image_size = 224
   c.global_batch_size = 64     # official README command; summed over all devices and hosts
   c.worker_count = 4           # grain worker processes per host
+  c.on_bad_record = 'stop'     # unreadable record: 'stop' naming it, or 'skip' to the next good one
   # VICReg's asymmetric two views (SPEC 2); view2 differs in blur and solarise.
   # On a grayscale film replicated to 3 channels only brightness and contrast
   # of ColorJitter act. 'on': 'device' = views made in the train step from the

@@ -20,13 +20,14 @@ def quiet_libraries() -> None:
 def pretraining_errors() -> tuple:
   """Errors of a pretraining run that are the user's to fix: one message, no traceback."""
   from mlvicx_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.data import sources  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import config_check  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import loop  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import resume  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import workdir_lock  # pylint: disable=g-import-not-at-top
   return (config_check.ConfigError, resume.ConfigDriftError, resume.RestoreError,
-          workdir_lock.WorkdirLockedError, checkpoint.CheckpointError, loop.NonFiniteLossError,
-          FileNotFoundError)
+          workdir_lock.WorkdirLockedError, checkpoint.CheckpointError, checkpoint.SaveError,
+          loop.NonFiniteLossError, sources.BadRecordError, FileNotFoundError)
 
 
 def exit_on_user_errors(main, errors):

@@ -169,7 +169,8 @@ class PadBatch(grain.transforms.Map):
 def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
                     image_size: int, global_batch_size: int, seed: int,
                     aug=None, worker_count: int = 0, num_epochs: int | None = None,
-                    shard_index: int | None = None, shard_count: int | None = None):
+                    shard_index: int | None = None, shard_count: int | None = None,
+                    on_bad_record: str = 'stop'):
   """This process's two-view batches {'view1', 'view2'} of global_batch_size / shard_count.
 
   The stream is defined once for the whole job: a new permutation of the
@@ -187,6 +188,10 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
 
   `dataset` may be a weighted mixture of builds, 'nih:1,chexpert:2'; its
   records are interleaved by position before all of the above (mixture.py).
+
+  A record that does not read stops the stream with sources.BadRecordError
+  naming it; on_bad_record='skip' reads the next good record in its place
+  (sources.CheckedSource; a single build only, a mixture always stops).
   """
   shard = _shard(shard_index, shard_count)
   if global_batch_size % shard[1]:
@@ -199,7 +204,7 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
     ds = mixture.records(data_dir, dataset, split=split, seed=seed, num_epochs=num_epochs)
   else:
     dataset = components[0].dataset
-    source = sources.data_source(data_dir, dataset, split)
+    source = sources.data_source(data_dir, dataset, split, on_bad_record=on_bad_record)
     if len(source) < global_batch_size:
       raise ValueError(f'{dataset} {split}: {len(source)} examples cannot fill one global '
                        f'batch of {global_batch_size}')

@@ -14,6 +14,7 @@ import numpy as np
 
 from mlvicx_jax.data import info as info_lib
 from mlvicx_jax.data import label_policy
+from mlvicx_jax.data import verify
 
 def resolve_dataset(data_dir: str, dataset: str) -> str:
   """'name' or 'name/config' -> the 'name/config' built under data_dir."""
@@ -55,15 +56,104 @@ def read_only_builder(data_dir: str, dataset: str):
   return tfds.builder_from_directory(os.path.join(folder, versions[-1]))
 
 
-def data_source(data_dir: str, dataset: str, split: str, decoders=None):
-  """Random-access source of decoded examples (image (S, S, 1) uint8, ...)."""
+def data_source(data_dir: str, dataset: str, split: str, decoders=None,
+                on_bad_record: str = 'stop'):
+  """Random-access source of decoded examples (image (S, S, 1) uint8, ...).
+
+  A record that does not read or decode raises BadRecordError naming it, or
+  with on_bad_record='skip' is replaced by the next good one (CheckedSource).
+  """
   try:
     builder = read_only_builder(data_dir, dataset)
-    return builder.as_data_source(split=split, decoders=decoders)
+    source = builder.as_data_source(split=split, decoders=decoders)
+    shards = [(os.fspath(f.filename), f.skip, f.take if f.take >= 0 else f.num_examples)
+              for f in builder.info.splits[split].file_instructions]
   except FileNotFoundError:
     raise
   except Exception as e:  # tfds errors do not always name the folder.
     raise type(e)(f'cannot open split {split!r} of {dataset} in {data_dir}: {e}') from e
+  return CheckedSource(source, os.fspath(builder.data_dir), split, shards, on_bad_record)
+
+
+ON_BAD_RECORD = ('stop', 'skip')
+
+
+class BadRecordError(RuntimeError):
+  """A stored record does not read or decode: the build is damaged, rebuild it."""
+
+
+_skipped = set()  # (shard, record) this process replaced; see skipped_records().
+
+
+def skipped_records() -> int:
+  """Bad records this process has skipped so far (on_bad_record='skip')."""
+  return len(_skipped)
+
+
+class CheckedSource:
+  """A tfds source whose unreadable records are named, then stopped on or skipped.
+
+  The array_record reader fails a corrupted block with a Riegeli message that
+  names neither file nor record, and every resume meets it again. Here a
+  failed read or decode of position i becomes BadRecordError (build, shard
+  file, record in it, the rebuild command); with on_bad_record='skip' it
+  becomes the first good record of i+1, i+2, ... (mod len): a rule of the
+  data alone, so the stream, and a resumed one, do not depend on timing.
+  `shards`: (file, first record, records) of the split, in order.
+  """
+
+  def __init__(self, source, build_dir: str, split: str,
+               shards: Sequence[tuple[str, int, int]], on_bad_record: str = 'stop'):
+    if on_bad_record not in ON_BAD_RECORD:
+      raise ValueError(f'on_bad_record: {on_bad_record!r}, expected one of {ON_BAD_RECORD}')
+    self._source = source
+    self._build_dir = build_dir
+    self._split = split
+    self._shards = list(shards)
+    self._on_bad_record = on_bad_record
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def locate(self, index: int) -> tuple[str, int]:
+    """(shard file, record index in it) of position `index` of the split."""
+    rest = index
+    for path, skip, take in self._shards:
+      if rest < take:
+        return path, skip + rest
+      rest -= take
+    raise IndexError(f'record {index} of a split of {len(self)}')
+
+  def _error(self, index: int, e: Exception) -> BadRecordError:
+    path, record = self.locate(index)
+    reason = (str(e).strip().splitlines() or [''])[0][:200]
+    return BadRecordError(
+        f'{self._build_dir}: record {record} of {path} ({self._split} record {index}) does '
+        f'not read: {type(e).__name__}: {reason}; rebuild the dataset with '
+        f'{verify.rebuild_command(self._build_dir)}'
+        + (' (or set config.on_bad_record=skip to train past bad records)'
+           if self._on_bad_record == 'stop' else ''))
+
+  def __getitem__(self, index: int):
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f'record {index} of a split of {len(self)}')
+    for step in range(len(self)):
+      candidate = (index + step) % len(self)
+      try:
+        return self._source[candidate]
+      except Exception as e:  # pylint: disable=broad-except  (Riegeli, decode errors)
+        error = self._error(candidate, e)
+        if self._on_bad_record == 'stop':
+          raise error from None
+        key = self.locate(candidate)
+        if key not in _skipped:
+          _skipped.add(key)
+          from absl import logging  # pylint: disable=g-import-not-at-top
+          logging.warning('skipping bad record (on_bad_record=skip; %d so far): %s',
+                          len(_skipped), error)
+    raise BadRecordError(f'{self._build_dir}: no record of {self._split} reads; rebuild the '
+                         f'dataset with {verify.rebuild_command(self._build_dir)}')
 
 
 def class_names(data_dir: str, dataset: str) -> tuple[str, ...]:

@@ -38,7 +38,7 @@ def pretraining_dataset(data_dir: str, config):
   return pipelines.pretrain_loader(
       data_dir, config.dataset, split=config.split, image_size=config.image_size,
       global_batch_size=config.global_batch_size, seed=config.seed, aug=config.aug,
-      worker_count=config.worker_count)
+      worker_count=config.worker_count, on_bad_record=config.get('on_bad_record', 'stop'))
 
 
 def monitor_dataset(data_dir: str, config) -> str:

@@ -4,6 +4,7 @@ One code path from one CPU to a pod: parameters replicated, batch sharded
 along the mesh's `data` axis, each process feeding its own slice of the
 global batch.
 """
+import contextlib
 import functools
 import json
 import os
@@ -108,7 +109,8 @@ def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(
           max_to_keep=config.keep_last_checkpoints,
           keep_period=config.keep_every_steps or None,
-          enable_async_checkpointing=config.async_checkpointing))
+          enable_async_checkpointing=config.async_checkpointing,
+          cleanup_tmp_directories=True))  # what a failed or killed save left
 
 
 def _train_item(state: TrainState) -> dict:
@@ -128,6 +130,59 @@ def _save(mngr, state: TrainState, data_iter, meta: dict, force: bool = False):
       checkpoint.TRAIN: ocp.args.StandardSave(_train_item(state)),
       checkpoint.DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
   }))
+
+
+class _GuardedSaves:
+  """Saves through `mngr`; a storage failure (also one surfacing later from an async
+  save) shuts the manager down and raises one checkpoint.SaveError naming its step."""
+
+  def __init__(self, mngr):
+    self.mngr, self.root = mngr, os.fspath(mngr.directory)
+    self.in_flight, self.warned, self.closed = None, False, False
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, checkpoint.QuietSaveFailures) for f in handler.filters):
+      handler.addFilter(checkpoint.QuietSaveFailures())
+    checkpoint.quiet_closed_loop_callbacks()
+
+  def save(self, state: TrainState, data_iter, meta: dict, force: bool = False):
+    self.wait()  # the previous async save's failure surfaces here, under its own step
+    latest = self.mngr.latest_step()
+    if not self.warned and latest is not None and jax.process_index() == 0:
+      warning = checkpoint.free_space_warning(
+          self.root, checkpoint.directory_size(os.path.join(self.root, str(latest))))
+      if warning:
+        logging.warning('%s', warning)
+        self.warned = True
+    self.in_flight = int(jax.device_get(state.step))
+    with self._failing(self.in_flight):
+      _save(self.mngr, state, data_iter, meta, force=force)
+
+  def wait(self):
+    with self._failing(self.in_flight):
+      self.mngr.wait_until_finished()
+    self.in_flight = None
+
+  def close(self):
+    if not self.closed:
+      with self._failing(self.in_flight):
+        self.closed = True
+        self.mngr.close()
+
+  @contextlib.contextmanager
+  def _failing(self, step):
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if checkpoint.save_failure_cause(e) is None:
+        raise
+      self.closed = True
+      try:  # joins the background threads, so none writes after the message
+        self.mngr.close()
+      except Exception:  # pylint: disable=broad-except
+        pass  # the same failure again
+      # The partial `*.orbax-checkpoint-tmp` folder is left to the next run's manager
+      # (cleanup_tmp_directories): removing it here races the writes still in flight.
+      raise checkpoint.save_error(self.root, step, e) from None
 
 
 def _restore(mngr, step: int, abstract_state: TrainState, data_iter) -> TrainState:
@@ -262,6 +317,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   monitored = {}  # the latest monitor values, written with the next logged step
   writer = metrics_log.MetricsWriter(workdir, total_steps, initial_step=start)
   preemption = _Preemption()
+  saves = _GuardedSaves(mngr)
   # Metrics are read one step late, so the host never waits for the step it
   # just dispatched; the previous step is always checked before a save.
   pending = None  # (step, device metrics)
@@ -309,16 +365,16 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       preempted = preemption.requested or mngr.reached_preemption(step)
       if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
         host = check(*pending)  # never checkpoint a state that followed a NaN
-        _save(mngr, state, data_iter, meta, force=preempted)
+        saves.save(state, data_iter, meta, force=preempted)
         if preempted:
-          mngr.wait_until_finished()
+          saves.wait()
           logging.warning('Stopped at step %d after a preemption signal.', step)
           return dict(log(pending[0], host), preempted=True)
     if pending is not None:
       last = log(pending[0], check(*pending))
-    mngr.wait_until_finished()
+    saves.wait()
     return last
   finally:
     preemption.restore()
     writer.close()
-    mngr.close()
+    saves.close()

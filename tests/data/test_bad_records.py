@@ -1,0 +1,117 @@
+"""A damaged shard stops pretraining with one line naming the record, or is skipped."""
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+from mlvicx_jax import pretrained
+from mlvicx_jax.data import sources
+from mlvicx_jax.data import verify
+
+
+class _Flaky:
+  """A list source whose `bad` positions raise as a corrupted Riegeli block does."""
+
+  def __init__(self, n, bad):
+    self._n, self._bad = n, set(bad)
+
+  def __len__(self):
+    return self._n
+
+  def __getitem__(self, i):
+    if i in self._bad:
+      raise RuntimeError('Corrupted Riegeli/records file: block header hash mismatch')
+    return {'i': i}
+
+
+def _checked(bad, on_bad_record):
+  return sources.CheckedSource(_Flaky(5, bad), '/d/nih/s96/1.1.0', 'train',
+                               [('/d/a', 0, 3), ('/d/b', 1, 2)], on_bad_record)
+
+
+def test_locate_maps_positions_to_shard_and_record():
+  source = _checked((), 'stop')
+  assert [source.locate(i) for i in range(5)] == [
+      ('/d/a', 0), ('/d/a', 1), ('/d/a', 2), ('/d/b', 1), ('/d/b', 2)]
+  with pytest.raises(IndexError):
+    source.locate(5)
+
+
+def test_stop_names_shard_record_and_rebuild_command():
+  with pytest.raises(sources.BadRecordError) as e:
+    _checked({3}, 'stop')[3]
+  message = str(e.value)
+  assert 'record 1 of /d/b' in message and '(train record 3)' in message
+  assert 'python -m mlvicx_jax.data.prepare --dataset=nih' in message
+  assert '\n' not in message
+
+
+def test_skip_reads_the_next_good_record_and_counts_it():
+  before = sources.skipped_records()
+  source = _checked({3, 4}, 'skip')
+  assert source[3] == {'i': 0} and source[4] == {'i': 0}  # wraps around, every time alike
+  assert source[2] == {'i': 2}
+  assert sources.skipped_records() == before + 2
+  with pytest.raises(sources.BadRecordError):
+    _checked(range(5), 'skip')[0]
+  with pytest.raises(ValueError):
+    _checked((), 'ignore')
+
+
+@pytest.fixture(scope='module')
+def damaged(nih_data_dir, tmp_path_factory):
+  """A copy of the session's NIH build with 2,000 bytes flipped mid train shard: (dir, problem)."""
+  data_dir = str(tmp_path_factory.mktemp('damaged') / 'tfds')
+  shutil.copytree(nih_data_dir, data_dir)
+  build = verify.find_builds(data_dir, 'nih')[0]
+  shard = next(os.path.join(build, f) for f in os.listdir(build) if '-train.array_record' in f)
+  size = os.path.getsize(shard)
+  with open(shard, 'r+b') as f:
+    f.seek(size // 2)
+    data = f.read(2000)
+    f.seek(size // 2)
+    f.write(bytes(b ^ 0xFF for b in data))
+  problems = verify.verify(data_dir, 'nih')
+  assert len(problems) == 1 and problems[0]['shard'] == shard, problems
+  return data_dir, problems[0]
+
+
+def _run(workdir, data_dir, *overrides):
+  return subprocess.run(
+      [sys.executable, '-m', 'mlvicx_jax.main', '--config=configs/nih.py:smoke',
+       f'--workdir={workdir}', f'--config.data_dir={data_dir}', '--config.num_train_steps=4',
+       *overrides],
+      cwd=REPO, capture_output=True, text=True, check=False,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_bad_record_stops_with_one_line(damaged, tmp_path):
+  data_dir, problem = damaged
+  out = _run(tmp_path / 'w', data_dir)
+  output = out.stdout + out.stderr
+  assert out.returncode == 1, output[-4000:]
+  errors = [line for line in output.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1, output[-4000:]
+  assert f'record {problem["record"]} of {problem["shard"]}' in errors[0]
+  assert 'python -m mlvicx_jax.data.prepare' in errors[0]
+  assert 'Traceback' not in output
+
+
+def test_skip_trains_past_the_bad_record_deterministically(damaged, tmp_path):
+  data_dir, problem = damaged
+  runs = []
+  for name in ('a', 'b'):
+    out = _run(tmp_path / name, data_dir, '--config.on_bad_record=skip')
+    output = out.stdout + out.stderr
+    assert out.returncode == 0, output[-4000:]
+    assert 'skipping bad record' in output
+    assert f'record {problem["record"]} of {problem["shard"]}' in output
+    runs.append(pretrained.load(str(tmp_path / name)))
+  assert runs[0].step == runs[1].step == 4
+  for x, y in zip(jax.tree.leaves(runs[0].variables), jax.tree.leaves(runs[1].variables)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
