@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mlvicx_jax import cli
 from mlvicx_jax.evaluate import gradcam as cam
 
 def load_explainer(path: str, cam_layer: str = 'layer4'):
@@ -189,6 +190,11 @@ def main(argv):
   print(f'wrote {len(paths)} Grad-CAM overlays to {_OUT.value}')
 
 
+def _errors() -> tuple:
+  from mlvicx_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  return (checkpoint.CheckpointError, FileNotFoundError, ValueError)
+
+
 if __name__ == '__main__':
   flags.mark_flags_as_required(['checkpoint', 'images', 'out'])
-  app.run(main)
+  app.run(cli.exit_on_user_errors(main, _errors))

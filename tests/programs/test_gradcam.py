@@ -1,5 +1,7 @@
 """Grad-CAM against closed forms, on hand-built and real classifiers, and the CLI."""
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import REPO
 from mlvicx_jax import checkpoint
 from mlvicx_jax import gradcam
 from mlvicx_jax import models
@@ -196,3 +199,16 @@ def test_a_score_that_falls_everywhere_is_no_positive_evidence(tiny_classifier, 
     paths = gradcam.explain_files(directory, gradcam.find_images(
         _write_pngs(str(tmp_path / 'imgs'), count=1)), str(tmp_path / 'out'), class_name='A')
   assert len(paths) == 1 and 'no positive evidence for A' in caplog.text
+
+
+def test_cli_answers_bad_input_in_one_line(tmp_path):
+  images = _write_pngs(str(tmp_path / 'imgs'), count=1)
+  for args, expected in (
+      ([f'--checkpoint={tmp_path / "nowhere"}', f'--images={images}'], 'nowhere does not exist'),
+      ([f'--checkpoint={tmp_path}', f'--images={tmp_path / "none*.png"}'], 'matches no PNG')):
+    run = subprocess.run([sys.executable, '-m', 'mlvicx_jax.gradcam', *args,
+                          f'--out={tmp_path / "out"}'], cwd=REPO, capture_output=True, text=True,
+                         check=False, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    errors = [line for line in run.stderr.splitlines() if line.startswith('error:')]
+    assert run.returncode == 1 and len(errors) == 1 and expected in errors[0], run.stderr[-2000:]
+    assert 'Traceback' not in run.stderr
