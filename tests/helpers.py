@@ -80,3 +80,17 @@ def split_images(config, data, split, target='label', segmentation=False):
     images.append(np.asarray(batch['image'])[keep])
     targets.append(np.asarray(batch[target])[keep])
   return np.concatenate(images), np.concatenate(targets)
+
+
+def sklearn_ece(labels, probs, strategy: str, n_bins: int = 15) -> float:
+  """ECE from scikit-learn's calibration_curve and the sizes of the bins it documents,
+  (lo, hi]: the independent reference of the calibration tests."""
+  from sklearn import calibration as sk_calibration  # pylint: disable=g-import-not-at-top
+  prob_true, prob_pred = sk_calibration.calibration_curve(labels, probs, n_bins=n_bins,
+                                                          strategy=strategy)
+  edges = (np.linspace(0, 1, n_bins + 1) if strategy == 'uniform' else
+           np.percentile(probs, np.linspace(0, 1, n_bins + 1) * 100))
+  counts = np.bincount(np.searchsorted(edges[1:-1], probs), minlength=n_bins)
+  counts = counts[counts > 0]
+  assert len(counts) == len(prob_true)
+  return float(np.sum(counts * np.abs(prob_true - prob_pred)) / len(probs))

@@ -112,9 +112,9 @@ def _examples(items, images, settings) -> dict:
     scored = [(loc.heatmap_iou(i.heatmap, i.box, threshold), k)
               for k, i in enumerate(items) if i.finding == finding]
     scored.sort()
-    picks = {scored[-1][1], scored[0][1]} if settings.figures_per_finding >= 2 else {
-        scored[-1][1]}
-    chosen += sorted(picks, key=lambda k: -dict((b, a) for a, b in scored)[k])
+    chosen.append(scored[-1][1])  # the best, then the worst
+    if settings.figures_per_finding >= 2 and len(scored) > 1:
+      chosen.append(scored[0][1])
   pick = [items[k] for k in chosen]
   return {
       'loc_images': np.stack([_gray(images[i.image][1]) for i in pick]),

@@ -12,15 +12,14 @@ import os
 
 import numpy as np
 import pytest
-from sklearn import calibration as sk_calibration
 from sklearn import metrics as sk_metrics
 
 from helpers import eval_config
+from helpers import sklearn_ece
 from mlvicx_jax import evaluate
 from mlvicx_jax import report
 from mlvicx_jax.evaluate import records
 
-N_BINS = 15
 N_BOOT = 40
 RATES = ('sensitivity', 'specificity', 'ppv', 'npv', 'f1')
 
@@ -36,18 +35,6 @@ def run(nih_data_dir, tmp_path_factory):
   with np.load(os.path.join(workdir, record['predictions'])) as saved:
     predictions = {k: saved[k] for k in saved.files}
   return record, predictions, workdir
-
-
-def sklearn_ece(labels, probs, strategy):
-  """ECE from calibration_curve and the sizes of the bins it documents (lo, hi]."""
-  prob_true, prob_pred = sk_calibration.calibration_curve(labels, probs, n_bins=N_BINS,
-                                                          strategy=strategy)
-  edges = (np.linspace(0, 1, N_BINS + 1) if strategy == 'uniform' else
-           np.percentile(probs, np.linspace(0, 1, N_BINS + 1) * 100))
-  counts = np.bincount(np.searchsorted(edges[1:-1], probs), minlength=N_BINS)
-  counts = counts[counts > 0]
-  assert len(counts) == len(prob_true)
-  return np.sum(counts * np.abs(prob_true - prob_pred)) / len(probs)
 
 
 def check_calibration(entry, labels, probs):

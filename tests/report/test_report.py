@@ -15,6 +15,7 @@ from scipy import stats
 from sklearn import metrics as sk_metrics
 
 import conftest
+from helpers import sklearn_ece
 from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.evaluate import records
 from mlvicx_jax import report
@@ -426,7 +427,6 @@ def test_each_method_is_reported_beside_its_own_paper_row(tmp_path):
 # --- calibration, operating points and synthetic data ---------------------------------
 
 _CAL_CLASSES = ['Atelectasis', 'Effusion', 'Hernia']
-_CAL_BINS = 15
 
 
 def _calibration_predictions(seed):
@@ -457,21 +457,10 @@ def _write_calibration_set(root, synthetic, seeds=(0, 1)):
     record_files.write_run_record(str(root / f'seed{seed}'), record, p)
 
 
-def _sk_ece(labels, probs, strategy):
-  """ECE from calibration_curve and the sizes of its documented bins, (lo, hi]."""
-  from sklearn import calibration as sk_calibration  # pylint: disable=g-import-not-at-top
-  prob_true, prob_pred = sk_calibration.calibration_curve(labels, probs, n_bins=_CAL_BINS,
-                                                          strategy=strategy)
-  edges = (np.linspace(0, 1, _CAL_BINS + 1) if strategy == 'uniform' else
-           np.percentile(probs, np.linspace(0, 1, _CAL_BINS + 1) * 100))
-  counts = np.bincount(np.searchsorted(edges[1:-1], probs), minlength=_CAL_BINS)
-  return np.sum(counts[counts > 0] * np.abs(prob_true - prob_pred)) / len(probs)
-
-
 def _sk_calibration(labels, probs):
   keep = ~np.isnan(labels)
   y, p = labels[keep], probs[keep]
-  return [_sk_ece(y, p, 'uniform'), _sk_ece(y, p, 'quantile'),
+  return [sklearn_ece(y, p, 'uniform'), sklearn_ece(y, p, 'quantile'),
           sk_metrics.brier_score_loss(y, p, labels=[0, 1]), y.size]
 
 
