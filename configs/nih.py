@@ -125,7 +125,17 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.keep_every_steps = 50_000  # also keep every K-th step forever (0: none)
   c.async_checkpointing = True
   c.log_every_steps = 50
-  c.inject_nan_at_step = -1    # fault injection for testing the NaN guard
+  # A non-finite loss (VICReg runs at large batch can NaN late: facebookresearch/vicreg#27).
+  # 'stop': end the run, the checkpoints hold the last good state. 'rollback':
+  # restore the latest checkpoint, skip the input batches that led there, go on
+  # (docs/faults.md); the decisions are stored in the checkpoints, so resume is exact.
+  c.nonfinite = 'stop'             # 'stop' | 'rollback'
+  c.nonfinite_skip_batches = 0     # batches skipped after restoring; 0: the window since the checkpoint plus the failing one
+  c.nonfinite_lr_scale = 1.0       # learning-rate factor after a rollback ...
+  c.nonfinite_lr_steps = 0         # ... for this many steps from the restored one
+  c.nonfinite_max_rollbacks = 3    # then the run stops, listing every rollback
+  c.inject_nan_at_step = -1        # fault injection: NaN at this stream position (tests)
+  c.inject_nan_every_try = False   # tests: at this training step instead, on every retry
   # JAX's persistent compilation cache, so a resumed run does not compile again:
   # '' = WORKDIR/compilation_cache, 'none' = off, or a directory (shared by runs).
   c.compilation_cache_dir = ''

@@ -110,14 +110,16 @@ def num_examples(data_dir: str, spec: str, split: str) -> int:
 
 
 def records(data_dir: str, spec: str, *, split: str, seed: int,
-            num_epochs: int | None = None) -> grain.MapDataset:
+            num_epochs: int | None = None, on_bad_record: str = 'stop') -> grain.MapDataset:
   """The mixed stream of stored records (before augmentation), position by position.
 
   num_epochs=None streams forever; otherwise num_epochs * num_examples positions.
+  A bad record stops the stream, or is replaced within its own build (sources.CheckedSource).
   """
   components = parse(spec)
   check_prepared(data_dir, spec)
-  splits = [sources.data_source(data_dir, c.dataset, split) for c in components]
+  splits = [sources.data_source(data_dir, c.dataset, split, on_bad_record=on_bad_record)
+            for c in components]
   parts = [grain.MapDataset.source(source).shuffle(seed=component_seed(seed, i)).repeat()
            for i, source in enumerate(splits)]
   ds = grain.MapDataset.mix(parts, [c.weight for c in components])

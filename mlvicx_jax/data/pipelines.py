@@ -78,9 +78,16 @@ class TwoViews(grain.transforms.RandomMap):
 
   def random_map(self, element, rng: np.random.Generator):
     image = element['image'][..., 0]
-    return {name: augment.normalize(augment.augment_view(image, rng, cfg, self._size),
-                                    self._mean, self._std)
-            for name, cfg in zip(('view1', 'view2'), self._views)}
+    views = {name: augment.normalize(augment.augment_view(image, rng, cfg, self._size),
+                                     self._mean, self._std)
+             for name, cfg in zip(('view1', 'view2'), self._views)}
+    return dict(views, **_skip_count(element))
+
+
+def _skip_count(element) -> dict:
+  """The bad records this one replaced, when the source skips them (on_bad_record='skip')."""
+  field = sources.SKIPPED_FIELD
+  return {field: element[field]} if field in element else {}
 
 
 class StreamPosition(grain.transforms.MapWithIndex):
@@ -90,7 +97,8 @@ class StreamPosition(grain.transforms.MapWithIndex):
   """
 
   def map_with_index(self, index: int, element):
-    return {'image': element['image'], 'position': np.uint32(index % 2**32)}
+    return {'image': element['image'], 'position': np.uint32(index % 2**32),
+            **_skip_count(element)}
 
 
 class _Supervised:
@@ -190,8 +198,9 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
   records are interleaved by position before all of the above (mixture.py).
 
   A record that does not read stops the stream with sources.BadRecordError
-  naming it; on_bad_record='skip' reads the next good record in its place
-  (sources.CheckedSource; a single build only, a mixture always stops).
+  naming it; on_bad_record='skip' reads the next good record of its build in
+  its place (sources.CheckedSource), and batches then hold
+  sources.SKIPPED_FIELD, the count of bad records each example replaced.
   """
   shard = _shard(shard_index, shard_count)
   if global_batch_size % shard[1]:
@@ -201,7 +210,8 @@ def pretrain_loader(data_dir: str, dataset: str, *, split: str = 'train',
   from mlvicx_jax.data import mixture  # pylint: disable=g-import-not-at-top  (imports this module)
   components = mixture.parse(dataset)
   if len(components) > 1:  # 'nih:1,chexpert:2': one stream of records by position
-    ds = mixture.records(data_dir, dataset, split=split, seed=seed, num_epochs=num_epochs)
+    ds = mixture.records(data_dir, dataset, split=split, seed=seed, num_epochs=num_epochs,
+                         on_bad_record=on_bad_record)
   else:
     dataset = components[0].dataset
     source = sources.data_source(data_dir, dataset, split, on_bad_record=on_bad_record)

@@ -83,6 +83,7 @@ class BadRecordError(RuntimeError):
 
 
 _skipped = set()  # (shard, record) this process replaced; see skipped_records().
+SKIPPED_FIELD = 'bad_records_skipped'
 
 
 def skipped_records() -> int:
@@ -99,6 +100,8 @@ class CheckedSource:
   file, record in it, the rebuild command); with on_bad_record='skip' it
   becomes the first good record of i+1, i+2, ... (mod len): a rule of the
   data alone, so the stream, and a resumed one, do not depend on timing.
+  In skip mode every record carries SKIPPED_FIELD, the bad records it
+  replaces (0 for most), which the pretraining loop counts in its metrics.
   `shards`: (file, first record, records) of the split, in order.
   """
 
@@ -141,7 +144,7 @@ class CheckedSource:
     for step in range(len(self)):
       candidate = (index + step) % len(self)
       try:
-        return self._source[candidate]
+        record = self._source[candidate]
       except Exception as e:  # pylint: disable=broad-except  (Riegeli, decode errors)
         error = self._error(candidate, e)
         if self._on_bad_record == 'stop':
@@ -152,6 +155,10 @@ class CheckedSource:
           from absl import logging  # pylint: disable=g-import-not-at-top
           logging.warning('skipping bad record (on_bad_record=skip; %d so far): %s',
                           len(_skipped), error)
+        continue
+      if self._on_bad_record == 'skip':  # how many bad records this one stands in for
+        record = dict(record, **{SKIPPED_FIELD: np.int32(step)})
+      return record
     raise BadRecordError(f'{self._build_dir}: no record of {self._split} reads; rebuild the '
                          f'dataset with {verify.rebuild_command(self._build_dir)}')
 

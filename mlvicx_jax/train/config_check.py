@@ -12,6 +12,7 @@ from mlvicx_jax.data import device_augment
 from mlvicx_jax.data import mixture
 from mlvicx_jax.optim import ema
 from mlvicx_jax.train import methods
+from mlvicx_jax.train import nonfinite
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,17 @@ def _check_method(config) -> None:
              f'{config.global_batch_size} (the queue takes whole batches of keys)')
   if method == 'barlow_twins':
     _require(l.lambd >= 0, 'loss.lambd', f'must be >= 0, got {l.lambd}')
+
+
+def _check_nonfinite(config) -> None:
+  policy = config.get('nonfinite', 'stop')
+  _require(policy in nonfinite.POLICIES, 'nonfinite', f'{policy!r} is not one of {nonfinite.POLICIES}')
+  for field, low in (('nonfinite_skip_batches', 0), ('nonfinite_lr_steps', 0),
+                     ('nonfinite_max_rollbacks', 0)):
+    value = config.get(field, 0)
+    _require(isinstance(value, int) and value >= low, field, f'must be an integer >= {low}, got {value!r}')
+  scale = config.get('nonfinite_lr_scale', 1.0)
+  _require(0 < scale <= 1, 'nonfinite_lr_scale', f'must be in (0, 1], got {scale}')
 
 
 # Sections and fields every pretraining config has (configs/nih.py, configs/pretrain/*.py).
@@ -104,6 +116,7 @@ def validate(config) -> None:
     _require(mon.temperature > 0, 'monitor.temperature', f'must be > 0, got {mon.temperature}')
     _require(mon.batch_size >= 1, 'monitor.batch_size', f'must be >= 1, got {mon.batch_size}')
   _require(config.checkpoint_every_steps > 0, 'checkpoint_every_steps', 'must be > 0')
+  _check_nonfinite(config)
   _require(config.log_every_steps > 0, 'log_every_steps', 'must be > 0')
   on = config.aug.get('on', 'host')
   _require(on in augment.PLACEMENTS, 'aug.on', f'{on!r} is not one of {augment.PLACEMENTS}')

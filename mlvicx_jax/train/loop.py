@@ -4,7 +4,6 @@ One code path from one CPU to a pod: parameters replicated, batch sharded
 along the mesh's `data` axis, each process feeding its own slice of the
 global batch.
 """
-import contextlib
 import functools
 import json
 import os
@@ -12,13 +11,11 @@ import signal
 import time
 
 from absl import logging
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mlvicx_jax import checkpoint
@@ -26,21 +23,20 @@ from mlvicx_jax import models
 from mlvicx_jax import optim
 from mlvicx_jax.data import augment
 from mlvicx_jax.data import device_augment
+from mlvicx_jax.data import sources
 from mlvicx_jax.train import compile_cache
+from mlvicx_jax.train import checkpointing
 from mlvicx_jax.train import config_check
 from mlvicx_jax.train import data as train_data
 from mlvicx_jax.train import methods
 from mlvicx_jax.train import metrics_log
 from mlvicx_jax.train import monitor
+from mlvicx_jax.train import nonfinite
 from mlvicx_jax.train import resume
 from mlvicx_jax.train import workdir_lock
 from mlvicx_jax.train.step import TrainState, make_train_step
 
 DATA_AXIS = 'data'
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -97,112 +93,19 @@ def merge_pretrained(variables: dict, path: str) -> tuple[dict, int]:
   return merged, len(flat_loaded)
 
 
-def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINT_SUBDIR),
-      item_handlers={
-          checkpoint.MODEL: ocp.StandardCheckpointHandler(),
-          checkpoint.META: ocp.JsonCheckpointHandler(),
-          checkpoint.TRAIN: ocp.StandardCheckpointHandler(),
-          checkpoint.DATA_ITER: grain.checkpoint.CheckpointHandler(),
-      },
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.keep_last_checkpoints,
-          keep_period=config.keep_every_steps or None,
-          enable_async_checkpointing=config.async_checkpointing,
-          cleanup_tmp_directories=True))  # what a failed or killed save left
-
-
-def _train_item(state: TrainState) -> dict:
-  """What resumes training besides the model: the method's extra state only when it has one."""
-  item = {'opt_state': state.opt_state, 'step': state.step}
-  if state.extra:
-    item['extra'] = state.extra
-  return item
-
-
-def _save(mngr, state: TrainState, data_iter, meta: dict, force: bool = False):
-  step = int(jax.device_get(state.step))
-  mngr.save(step, force=force, args=ocp.args.Composite(**{
-      checkpoint.MODEL: ocp.args.StandardSave({'params': state.params,
-                                               'batch_stats': state.batch_stats}),
-      checkpoint.META: ocp.args.JsonSave(dict(meta, step=step)),
-      checkpoint.TRAIN: ocp.args.StandardSave(_train_item(state)),
-      checkpoint.DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
-  }))
-
-
-class _GuardedSaves:
-  """Saves through `mngr`; a storage failure (also one surfacing later from an async
-  save) shuts the manager down and raises one checkpoint.SaveError naming its step."""
-
-  def __init__(self, mngr):
-    self.mngr, self.root = mngr, os.fspath(mngr.directory)
-    self.in_flight, self.warned, self.closed = None, False, False
-    handler = logging.get_absl_handler()
-    if not any(isinstance(f, checkpoint.QuietSaveFailures) for f in handler.filters):
-      handler.addFilter(checkpoint.QuietSaveFailures())
-    checkpoint.quiet_closed_loop_callbacks()
-
-  def save(self, state: TrainState, data_iter, meta: dict, force: bool = False):
-    self.wait()  # the previous async save's failure surfaces here, under its own step
-    latest = self.mngr.latest_step()
-    if not self.warned and latest is not None and jax.process_index() == 0:
-      warning = checkpoint.free_space_warning(
-          self.root, checkpoint.directory_size(os.path.join(self.root, str(latest))))
-      if warning:
-        logging.warning('%s', warning)
-        self.warned = True
-    self.in_flight = int(jax.device_get(state.step))
-    with self._failing(self.in_flight):
-      _save(self.mngr, state, data_iter, meta, force=force)
-
-  def wait(self):
-    with self._failing(self.in_flight):
-      self.mngr.wait_until_finished()
-    self.in_flight = None
-
-  def close(self):
-    if not self.closed:
-      with self._failing(self.in_flight):
-        self.closed = True
-        self.mngr.close()
-
-  @contextlib.contextmanager
-  def _failing(self, step):
-    try:
-      yield
-    except Exception as e:  # pylint: disable=broad-except
-      if checkpoint.save_failure_cause(e) is None:
-        raise
-      self.closed = True
-      try:  # joins the background threads, so none writes after the message
-        self.mngr.close()
-      except Exception:  # pylint: disable=broad-except
-        pass  # the same failure again
-      # The partial `*.orbax-checkpoint-tmp` folder is left to the next run's manager
-      # (cleanup_tmp_directories): removing it here races the writes still in flight.
-      raise checkpoint.save_error(self.root, step, e) from None
-
-
-def _restore(mngr, step: int, abstract_state: TrainState, data_iter) -> TrainState:
-  restored = mngr.restore(step, args=ocp.args.Composite(**{
-      checkpoint.MODEL: ocp.args.StandardRestore({'params': abstract_state.params,
-                                                  'batch_stats': abstract_state.batch_stats}),
-      checkpoint.TRAIN: ocp.args.StandardRestore(_train_item(abstract_state)),
-      checkpoint.DATA_ITER: grain.checkpoint.CheckpointRestore(data_iter),
-  }))
-  model, train = restored[checkpoint.MODEL], restored[checkpoint.TRAIN]
-  return TrainState(step=train['step'], params=model['params'],
-                    batch_stats=model['batch_stats'], opt_state=train['opt_state'],
-                    extra=train.get('extra', {}))
-
-
 def _first_non_finite(metrics: dict, terms) -> str:
   for name in terms:
     if name in metrics and not np.isfinite(metrics[name]):
       return name
   return 'loss'
+
+
+def _all_processes_sum(count: int) -> int:
+  """A collective: every process logs at the same steps."""
+  if jax.process_count() == 1:
+    return count
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.sum(multihost_utils.process_allgather(np.int64(count))))
 
 
 class _Preemption:
@@ -276,22 +179,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       opt_state=tx.init(variables['params']),
                       extra=objective.init(variables, jax.random.fold_in(rng, 1)))
 
-  t0 = time.time()
-  abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
-  abstract_state = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract_state)
-
-  data_iter = iter(train_data.pretraining_dataset(data_dir, config))
-  meta = {'model_config': checkpoint.config_to_json(config.model), 'source': 'pretraining',
-          'config': json.loads(config.to_json_best_effort())}
-  mngr, state, start = resume.restore_latest(
-      lambda: _checkpoint_manager(workdir, config),
-      lambda m, step: _restore(m, step, abstract_state, data_iter),
-      lambda saved, step: resume.check_config_drift(saved.get('config'), config, workdir, step),
-      workdir)
-  if start is not None:
-    logging.info('Resumed from step %d in %s', start, workdir)
-  else:
+  def initial_state() -> TrainState:
     state = jax.jit(init_state, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
     if config.init_from:
       variables, count = merge_pretrained(
@@ -302,35 +190,69 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'],
                             extra=extra)  # a momentum target starts as the loaded network
       logging.info('Initialised %d tensors from %s', count, config.init_from)
-    start = 0
+    return state
+
+  t0 = time.time()
+  abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
+  abstract_state = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract_state)
+
+  data_iter = iter(train_data.pretraining_dataset(data_dir, config))
+  meta = {'model_config': checkpoint.config_to_json(config.model), 'source': 'pretraining',
+          'config': json.loads(config.to_json_best_effort())}
+  rollbacks = []  # nonfinite.Rollback, as recorded in the restored checkpoint
+
+  def check_meta(saved, step):
+    resume.check_config_drift(saved.get('config'), config, workdir, step)
+    rollbacks[:] = nonfinite.from_meta(saved)
+
+  mngr, state, start = resume.restore_latest(
+      lambda: checkpointing.manager(workdir, config),
+      lambda m, step: checkpointing.restore(m, step, abstract_state, data_iter),
+      check_meta, workdir)
+  initial_stream = None
+  if start is not None:
+    logging.info('Resumed from step %d in %s', start, workdir)
+  else:
+    state, start = initial_state(), 0
+    initial_stream = data_iter.get_state()  # a rollback before the first checkpoint
 
   make_views = None
   if augment.placement(config.aug) == 'device':
     make_views = functools.partial(device_augment.two_views, seed=config.seed,
                                    aug=config.aug.to_dict(), size=config.image_size)
-  train_step = jax.jit(make_train_step(model, tx, schedule, objective, make_views,
-                                       config.inject_nan_at_step),
-                       in_shardings=(replicated, batch_sharding),
+  inject = config.inject_nan_at_step >= 0
+  train_step = jax.jit(make_train_step(model, tx, schedule, objective, make_views, poison=inject),
+                       in_shardings=(replicated, batch_sharding, replicated),
                        out_shardings=(replicated, replicated), donate_argnums=0)
   knn_monitor = (monitor.KnnMonitor(config, data_dir, model, monitored_set)
                  if monitor_every > 0 else None)
   monitored = {}  # the latest monitor values, written with the next logged step
   writer = metrics_log.MetricsWriter(workdir, total_steps, initial_step=start)
   preemption = _Preemption()
-  saves = _GuardedSaves(mngr)
+  saves = checkpointing.GuardedSaves(mngr)
   # Metrics are read one step late, so the host never waits for the step it
   # just dispatched; the previous step is always checked before a save.
   pending = None  # (step, device metrics)
   last = {}
-  window = {'start': time.time(), 'steps': 0}
+  window = {'start': time.time(), 'steps': 0, 'bad_records': 0}
+
+  def next_batch(step):
+    local = next(data_iter)
+    skipped = local.pop(sources.SKIPPED_FIELD, None)  # on_bad_record='skip' only
+    if skipped is not None:
+      window['bad_records'] += int(np.sum(skipped))
+    if inject:
+      local['poison'] = nonfinite.poison(config, step, step + nonfinite.stream_offset(rollbacks),
+                                         len(next(iter(local.values()))))
+    return {k: jax.make_array_from_process_local_data(batch_sharding, v)
+            for k, v in local.items()}
 
   def check(step, device_metrics):
     host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if not np.isfinite(host['loss']):
       term = _first_non_finite(host, objective.terms)
-      raise NonFiniteLossError(
-          f'non-finite loss at step {step}: {term} = {host.get(term)}; the last '
-          f'checkpoint is the last good state ({mngr.latest_step()})')
+      raise nonfinite.NonFiniteStep(step, term, host.get(term))
     return host
 
   def log(step, host):
@@ -338,40 +260,73 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     host['pairs_per_second'] = window['steps'] * config.global_batch_size / elapsed
     host.update(monitored)
     monitored.clear()
+    if config.get('on_bad_record', 'stop') == 'skip':  # every process's, since the last line
+      host['data/bad_records_skipped'] = float(_all_processes_sum(window['bad_records']))
     writer.write(step, host)
-    window.update(start=time.time(), steps=0)
+    window.update(start=time.time(), steps=0, bad_records=0)
     return host
+
+  def roll_back(failure: nonfinite.NonFiniteStep):
+    """The latest checkpoint (or the initial state) with the failing window skipped."""
+    saves.wait()
+    restored = mngr.latest_step()
+    recorded = [] if restored is None else nonfinite.from_meta(resume.read_meta(mngr, restored))
+    rollback = nonfinite.decide(config, failure, rollbacks, restored or 0, recorded)
+    if restored is None:
+      if initial_stream is None:
+        raise nonfinite.NonFiniteLossError(f'{failure}; no checkpoint to roll back to')
+      state = initial_state()
+      data_iter.set_state(initial_stream)
+    else:
+      state = checkpointing.restore(mngr, restored, abstract_state, data_iter)
+    for _ in range(rollback.skipped_batches):
+      next(data_iter)
+    rollbacks.append(rollback)
+    logging.warning('non-finite loss, rollback %d of %d: %s', len(rollbacks),
+                    config.get('nonfinite_max_rollbacks', 3), rollback.describe())
+    writer.event(failure.step, 'nonfinite_rollback', rollback.to_json())
+    writer.rewind(rollback.restored_step)
+    window.update(start=time.time(), steps=0, bad_records=0)
+    return state, rollback.restored_step
 
   try:
     step = start
-    while step < total_steps:
-      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
-               for k, v in next(data_iter).items()}
-      state, device_metrics = train_step(state, batch)
-      if step == start:
-        logging.info('First step (with compilation) took %.1fs', time.time() - t0)
-      if pending is not None:
-        host = check(*pending)
-        if pending[0] % config.log_every_steps == 0:
-          last = log(pending[0], host)
-      pending = (step, device_metrics)
-      step += 1
-      window['steps'] += 1
-      writer.advance()
-      if knn_monitor is not None and step % monitor_every == 0:
-        began = time.time()
-        monitored.update(knn_monitor({'params': state.params, 'batch_stats': state.batch_stats}))
-        window['start'] += time.time() - began  # pairs/s counts training only
-      preempted = preemption.requested or mngr.reached_preemption(step)
-      if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
-        host = check(*pending)  # never checkpoint a state that followed a NaN
-        saves.save(state, data_iter, meta, force=preempted)
-        if preempted:
-          saves.wait()
-          logging.warning('Stopped at step %d after a preemption signal.', step)
-          return dict(log(pending[0], host), preempted=True)
-    if pending is not None:
-      last = log(pending[0], check(*pending))
+    while True:
+      try:
+        while step < total_steps:
+          batch = next_batch(step)
+          scale = np.float32(nonfinite.lr_scale(step, rollbacks))
+          state, device_metrics = train_step(state, batch, scale)
+          if step == start:
+            logging.info('First step (with compilation) took %.1fs', time.time() - t0)
+          if pending is not None:
+            host = check(*pending)
+            if pending[0] % config.log_every_steps == 0:
+              last = log(pending[0], host)
+          pending = (step, device_metrics)
+          step += 1
+          window['steps'] += 1
+          writer.advance()
+          if knn_monitor is not None and step % monitor_every == 0:
+            began = time.time()
+            monitored.update(knn_monitor({'params': state.params,
+                                          'batch_stats': state.batch_stats}))
+            window['start'] += time.time() - began  # pairs/s counts training only
+          preempted = preemption.requested or mngr.reached_preemption(step)
+          if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
+            host = check(*pending)  # never checkpoint a state that followed a NaN
+            saves.save(state, data_iter, dict(meta, **nonfinite.to_meta(rollbacks)),
+                       force=preempted)
+            if preempted:
+              saves.wait()
+              logging.warning('Stopped at step %d after a preemption signal.', step)
+              return dict(log(pending[0], host), preempted=True)
+        if pending is not None:
+          last = log(pending[0], check(*pending))
+        break
+      except nonfinite.NonFiniteStep as failure:
+        pending = None
+        state, step = roll_back(failure)
     saves.wait()
     return last
   finally:

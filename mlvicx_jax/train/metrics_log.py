@@ -44,6 +44,25 @@ class MetricsWriter:
       postfix['knn_auc'] = self._knn  # the latest monitor value stays in view
     self._bar.set_postfix(postfix, refresh=False)
 
+  def event(self, step: int, name: str, fields: dict):
+    """One non-metric line, {'step', 'event': name, ...fields} (a rollback); its numbers
+    also go to TensorBoard as name/field."""
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({'step': int(step), 'event': name, **fields}) + '\n')
+    self._jsonl.flush()
+    if self._tb is not None:
+      for field, value in fields.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+          self._tb.add_scalar(f'{name}/{field}', value, step)
+      self._tb.flush()
+
+  def rewind(self, step: int):
+    """The progress bar back to `step` (after a rollback)."""
+    if self._bar is not None:
+      self._bar.n = step
+      self._bar.refresh()
+
   def advance(self, n: int = 1):
     if self._bar is not None:
       self._bar.update(n)

@@ -39,7 +39,9 @@ FREE_FIELDS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'checkpoint_e
                'keep_last_checkpoints', 'keep_every_steps', 'async_checkpointing',
                'worker_count', 'inject_nan_at_step', 'data_dir', 'init_from',
                'allow_resume_changes', 'compilation_cache_dir',
-               'monitor', 'on_bad_record')
+               'monitor', 'on_bad_record', 'nonfinite', 'nonfinite_skip_batches',
+               'nonfinite_lr_scale', 'nonfinite_lr_steps', 'nonfinite_max_rollbacks',
+               'inject_nan_every_try')
 FIXED_FIELDS = ('method', 'model', 'loss', 'dataset', 'split', 'image_size', 'synthetic_images',
                 'synthetic_image_size')
 # Inside model.*: same parameters and function, so they may change when allowed.

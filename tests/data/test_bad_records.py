@@ -1,16 +1,20 @@
 """A damaged shard stops pretraining with one line naming the record, or is skipped."""
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 
+import grain
 import jax
 import numpy as np
 import pytest
 
 from conftest import REPO
+from conftest import load_config
 from mlvicx_jax import pretrained
+from mlvicx_jax.data import mixture
 from mlvicx_jax.data import sources
 from mlvicx_jax.data import verify
 
@@ -55,8 +59,10 @@ def test_stop_names_shard_record_and_rebuild_command():
 def test_skip_reads_the_next_good_record_and_counts_it():
   before = sources.skipped_records()
   source = _checked({3, 4}, 'skip')
-  assert source[3] == {'i': 0} and source[4] == {'i': 0}  # wraps around, every time alike
-  assert source[2] == {'i': 2}
+  field = sources.SKIPPED_FIELD  # each record says how many bad ones it stands in for
+  assert source[3] == {'i': 0, field: 2} and source[4] == {'i': 0, field: 1}  # wraps around
+  assert source[2] == {'i': 2, field: 0}
+  assert _checked((), 'stop')[2] == {'i': 2}
   assert sources.skipped_records() == before + 2
   with pytest.raises(sources.BadRecordError):
     _checked(range(5), 'skip')[0]
@@ -115,6 +121,18 @@ def test_bad_record_stops_with_one_line(damaged, tmp_path):
   assert 'Traceback' not in output
 
 
+def _expected_skips(data_dir, problem, steps):
+  """Bad records the first `steps` global batches replace, from grain's own shuffle of
+  the split (one train shard: a shard record is a split index)."""
+  config = load_config('configs/nih.py', 'smoke')
+  build = verify.find_builds(data_dir, 'nih')[0]
+  assert len([f for f in os.listdir(build) if '-train.array_record' in f]) == 1
+  n = sources.num_examples(data_dir, 'nih', 'train')
+  order = grain.MapDataset.range(n).shuffle(seed=config.seed).repeat()
+  bad = _damaged_range(problem)
+  return sum(bad.stop - i for i in order[:steps * config.global_batch_size] if i in bad)
+
+
 def test_skip_trains_past_the_bad_record_deterministically(damaged, tmp_path):
   data_dir, problem = damaged
   runs = []
@@ -124,7 +142,25 @@ def test_skip_trains_past_the_bad_record_deterministically(damaged, tmp_path):
     assert out.returncode == 0, output[-4000:]
     assert 'skipping bad record' in output
     assert _named_record(output, problem) in _damaged_range(problem)
+    with open(tmp_path / name / 'metrics.jsonl') as f:
+      logged = [json.loads(line)['data/bad_records_skipped'] for line in f]
+    assert len(logged) == 4 and sum(logged) == _expected_skips(data_dir, problem, 4) > 0
     runs.append(pretrained.load(str(tmp_path / name)))
   assert runs[0].step == runs[1].step == 4
   for x, y in zip(jax.tree.leaves(runs[0].variables), jax.tree.leaves(runs[1].variables)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_mixture_stops_or_skips_within_the_damaged_build(damaged, mixture_data_dir, tmp_path):
+  data_dir, problem = damaged
+  for name, source in (('nih', data_dir), ('folder', mixture_data_dir)):
+    os.symlink(os.path.join(source, name), tmp_path / name)
+  stream = lambda policy: mixture.records(str(tmp_path), 'nih:1,folder:1', split='train',
+                                          seed=0, num_epochs=1, on_bad_record=policy)
+  with pytest.raises(sources.BadRecordError, match=re.escape(os.path.basename(problem['shard']))):
+    for _ in stream('stop'):
+      pass
+  counts = [record[sources.SKIPPED_FIELD] for record in stream('skip')]
+  bad = _damaged_range(problem)
+  assert len(counts) == len(stream('stop'))
+  assert 0 < sum(counts) and max(counts) <= len(bad)

@@ -180,18 +180,25 @@ def test_two_processes_match_one_process(mixture_data_dir, tmp_path):
   """2 processes x 2 CPU devices (gloo) == 1 process x 4 devices, same global batches,
   also after both fell back from a damaged checkpoint; on a 1:3 mixture of two
   builds, whose stream is the one that has to stay process-count independent.
+  A NaN at stream position 1 (before any checkpoint) makes every process take
+  the same rollback to the initial state, and the resumed run reads it back.
 
   The plain trunk is used: with context blocks, max-op ties make some
   gradients change under any float reordering (see test_sharding.py).
   """
   flags = [f'--config.data_dir={mixture_data_dir}', '--config.dataset=nih:1,folder:3',
            '--config.num_train_steps=3',
-           '--config.checkpoint_every_steps=2', '--config.model.context_blocks=False']
+           '--config.checkpoint_every_steps=2', '--config.model.context_blocks=False',
+           '--config.nonfinite=rollback', '--config.inject_nan_at_step=1']
+  rollback = 'rollback 1 of 3: step 1 (global/inv): back to step 0, skipped 2 batches'
   multi = str(tmp_path / 'multi')
   launch = ['bash', 'launch/local_cpu.sh', multi, '--config=configs/nih.py:smoke', *flags]
   out = subprocess.run(launch, cwd=REPO, capture_output=True, text=True, check=False)
   assert out.returncode == 0, out.stderr[-4000:]
   assert checkpoint_steps(multi) == [2, 3]
+  for i in (0, 1):
+    with open(os.path.join(multi, f'process_{i}.log')) as f:
+      assert rollback in f.read()
   # The last checkpoint damaged (its array files cut short): both processes
   # agree to fall back to step 2 and retrain step 3.
   for root, _, files in os.walk(os.path.join(multi, 'checkpoints', '3', 'model')):
@@ -205,12 +212,15 @@ def test_two_processes_match_one_process(mixture_data_dir, tmp_path):
     with open(os.path.join(multi, f'process_{i}.log')) as f:
       log = f.read()
     assert 'cannot be restored' in log and 'Resumed from step 2' in log, log[-3000:]
+    assert rollback not in log  # read back from the checkpoint, not taken again
   assert checkpoint_steps(multi) == [2, 3]
   assert len([d for d in os.listdir(os.path.join(multi, 'checkpoints')) if '.corrupt-' in d]) == 1
   single = str(tmp_path / 'single')
   run_main(single, *flags, env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
-  by_step = {m['step']: m['loss'] for m in metrics(multi)}  # step 2 was logged twice
-  lm, ls = [by_step[k] for k in sorted(by_step)], [m['loss'] for m in metrics(single)]
+  last = lambda w: {m['step']: m['loss'] for m in metrics(w) if 'event' not in m}
+  assert [m['event'] for m in metrics(single) if 'event' in m] == ['nonfinite_rollback']
+  by_multi, by_single = last(multi), last(single)  # rolled-back steps were logged twice
+  lm, ls = [by_multi[k] for k in sorted(by_multi)], [by_single[k] for k in sorted(by_single)]
   assert len(lm) == len(ls) == 3
   np.testing.assert_allclose(lm, ls, rtol=1e-5)
   # Whole-tree relative differences: biases feeding a BatchNorm have an exactly
