@@ -8,12 +8,14 @@ paper's numbers) live with the code that owns them, not here.
 from __future__ import annotations
 
 # Layouts `python -m mlvicx_jax.data.prepare` builds (SPEC section 3).
-DATASETS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert', 'folder')
+DATASETS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert', 'padchest', 'folder')
 
 # Downstream tasks, in report order; each names the dataset it runs on.
 CLASSIFICATION_TASKS = ('nih', 'vinbig', 'rsna', 'chexpert')
 SEGMENTATION_TASKS = ('siim',)
 TASKS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert')
+# config.task of configs/eval/transfer.py: train on one build, test on others.
+TRANSFER = 'transfer'
 
 # 'frozen': a linear probe (or decoder) on the frozen encoder; 'finetune': all trains.
 PROTOCOLS = ('frozen', 'finetune')

@@ -65,6 +65,21 @@ def siim_data_dir(synthetic_root, nih_data_dir):
   return nih_data_dir
 
 
+@pytest.fixture(scope='session')
+def padchest_data_dir(synthetic_root):
+  """120 synthetic PadChest rows (release layout and quirks, 96 px) in their own data_dir.
+
+  The default build ('padchest/s96'); the download is beside it, synthetic_root/raw_padchest.
+  """
+  from mlvicx_jax import synthetic  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  raw = str(synthetic_root / 'raw_padchest')
+  synthetic.generate('padchest', raw, 120, seed=0, image_size=STORED_SIZE)
+  data_dir = str(synthetic_root / 'tfds_padchest')
+  prepare.prepare('padchest', raw, data_dir, image_size=STORED_SIZE, num_workers=0)
+  return data_dir
+
+
 def load_config(relative_path: str, variant: str = ''):
   """A config file's get_config(variant), loaded as the absl config flag would."""
   from mlvicx_jax import config_files  # pylint: disable=g-import-not-at-top

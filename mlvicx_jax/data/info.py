@@ -36,6 +36,18 @@ CHEXPERT_CLASSES = (
 CHEXPERT_COMPETITION = ('Cardiomegaly', 'Edema', 'Consolidation', 'Atelectasis',
                         'Pleural Effusion')
 
+# PadChest's own label names (column `Labels` of its CSV, stripped) for the
+# findings the other datasets also name: the counterparts of NIH's 14 in NIH
+# order, then patterns and findings that CheXpert and VinDr-CXR label
+# (docs/data.md, PadChest). A build may add every finding with at least N
+# positives (builders/padchest.py, min_positives).
+PADCHEST_CLASSES = (
+    'atelectasis', 'cardiomegaly', 'pleural effusion', 'infiltrates', 'mass', 'nodule',
+    'pneumonia', 'pneumothorax', 'consolidation', 'pulmonary edema', 'emphysema',
+    'pulmonary fibrosis', 'pleural thickening', 'hiatal hernia', 'pulmonary mass',
+    'alveolar pattern', 'interstitial pattern', 'heart insufficiency', 'fibrotic band',
+    'costophrenic angle blunting', 'aortic elongation', 'fracture')
+
 RSNA_CLASSES = ('Pneumonia',)
 SIIM_CLASSES = ('Pneumothorax',)
 
@@ -71,6 +83,8 @@ _INFOS = {
     'siim': DatasetInfo('siim', SIIM_CLASSES, 'segmentation',
                         ('train', 'validation', 'test'), True, True),
     'chexpert': DatasetInfo('chexpert', CHEXPERT_CLASSES, 'multilabel',
+                            ('train', 'validation', 'test'), False, True),
+    'padchest': DatasetInfo('padchest', PADCHEST_CLASSES, 'multilabel',
                             ('train', 'validation', 'test'), False, True),
     # Any tree of radiographs: its classes (none without --labels_csv) are
     # those of the build, read from the build's metadata (sources.class_names).

@@ -2,7 +2,9 @@ r"""Builds a dataset from the user's download into array_record files.
 
   python -m mlvicx_jax.data.prepare --dataset=nih --manual_dir=RAW \
       --data_dir=OUT [--image_size=256] [--vinbig_label_rule=any|majority] \
-      [--image_encoding=raw|png] [--frontal_only]  (CheXpert: frontal views only)
+      [--image_encoding=raw|png] [--frontal_only]  (CheXpert, PadChest: frontal views only)
+      [--physician_only] [--min_positives=N]  (PadChest: physician-labelled rows only;
+                                               add findings with >= N positives)
       [--labels_csv=FILE]  (folder: any tree of PNG/JPEG/DICOM; labels optional)
 
 Result: OUT/<dataset>/<config>/<version>/ with the tfds files, metadata.json
@@ -40,7 +42,8 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, *,
             validation_fraction: float | None = None,
             test_fraction: float | None = None, image_encoding: str = 'raw',
             num_workers: int = 0, overwrite: bool = False,
-            frontal_only: bool = False, labels_csv: str = '') -> epath.Path:
+            frontal_only: bool = False, labels_csv: str = '',
+            physician_only: bool = False, min_positives: int = 0) -> epath.Path:
   """Builds `dataset` from manual_dir into data_dir; returns the version dir."""
   if dataset not in builders.BUILDERS:
     raise ValueError(f'unknown dataset {dataset!r}; expected one of {info_lib.DATASETS}')
@@ -51,7 +54,8 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, *,
   config = builders.make_config(
       dataset, image_size=image_size, seed=seed, label_rule=vinbig_label_rule,
       validation_fraction=validation_fraction, test_fraction=test_fraction,
-      image_encoding=image_encoding, frontal_only=frontal_only, labels_csv=labels_csv)
+      image_encoding=image_encoding, frontal_only=frontal_only, labels_csv=labels_csv,
+      physician_only=physician_only, min_positives=min_positives, manual_dir=manual_dir)
   final = built_path(data_dir, dataset, config)
   if final.exists() and not overwrite:
     logging.info('Reusing the finished build %s (pass --overwrite to rebuild).', final)
@@ -103,8 +107,12 @@ def _define_flags():
   flags.DEFINE_float('validation_fraction', None,
                      'Validation share (NIH: of train_val patients); default 0.1, SIIM 0.2.')
   flags.DEFINE_float('test_fraction', None, 'Test share (not NIH); default 0.2, SIIM 0.1.')
-  flags.DEFINE_bool('frontal_only', False, 'CheXpert: keep frontal views only (config '
-                    "name suffix '_frontal').")
+  flags.DEFINE_bool('frontal_only', False, 'CheXpert, PadChest: keep frontal views only '
+                    "(config name suffix '_frontal').")
+  flags.DEFINE_bool('physician_only', False, 'PadChest: keep the physician-labelled rows '
+                    "only (MethodLabel Physician; config name suffix '_physician').")
+  flags.DEFINE_integer('min_positives', 0, 'PadChest: add to the stated classes every finding '
+                       "with at least this many positive rows (config name suffix '_min<N>').")
   flags.DEFINE_string('labels_csv', '', 'folder: CSV of file name (first column), 0/1 label '
                       'columns and optionally patient_id; empty: unlabelled.')
   flags.DEFINE_enum('image_encoding', 'raw', list(builders.IMAGE_ENCODINGS),
@@ -126,9 +134,10 @@ def main(argv):
         vinbig_label_rule=f.vinbig_label_rule, validation_fraction=f.validation_fraction,
         test_fraction=f.test_fraction, image_encoding=f.image_encoding,
         num_workers=f.num_workers, overwrite=f.overwrite, frontal_only=f.frontal_only,
-        labels_csv=f.labels_csv)
+        labels_csv=f.labels_csv, physician_only=f.physician_only,
+        min_positives=f.min_positives)
   except (builders.MissingInputError, ValueError) as e:  # Bad input: a message, no trace.
-    raise SystemExit(f'prepare {f.dataset}: {e}') from None
+    raise SystemExit(f'error: prepare {f.dataset}: {e}') from None
   report = path / builders.SKIPPED_REPORT
   if report.exists():
     skipped = json.loads(report.read_text())

@@ -22,10 +22,12 @@ from absl import flags
 
 _BATCH = 256  # Records per sequential read; a failed batch is re-read one by one.
 # Config names of builders.base.build_config, folder's '_labels<hash>' and
-# CheXpert's '_frontal': the options a rebuild must repeat.
+# CheXpert's and PadChest's '_frontal', PadChest's '_physician' and '_min<N>':
+# the options a rebuild must repeat.
 _CONFIG = re.compile(r's(?P<size>\d+)(?:_(?P<rule>any|majority))?(?:_seed(?P<seed>\d+))?'
                      r'(?:_val(?P<val>\d+))?(?:_test(?P<test>\d+))?(?P<png>_png)?'
-                     r'(?P<labels>_labels[0-9a-f]+)?(?P<frontal>_frontal)?$')
+                     r'(?P<labels>_labels[0-9a-f]+)?(?P<frontal>_frontal)?'
+                     r'(?P<physician>_physician)?(?:_min(?P<min>\d+))?$')
 
 
 def find_builds(data_dir: str, dataset: str | None = None) -> list[str]:
@@ -68,6 +70,8 @@ def rebuild_command(build_dir: str) -> str:
     args += ['--image_encoding=png'] if m['png'] else []
     args += ['--labels_csv=LABELS_CSV'] if m['labels'] else []
     args += ['--frontal_only'] if m['frontal'] else []
+    args += ['--physician_only'] if m['physician'] else []
+    args += [f'--min_positives={m["min"]}'] if m['min'] else []
   return 'python -m mlvicx_jax.data.prepare ' + ' '.join(args + ['--overwrite'])
 
 
@@ -208,13 +212,15 @@ def main(argv):
   builds = find_builds(data_dir, dataset)
   if not builds:
     which = f'of {dataset!r} ' if dataset else ''
-    print(f'verify: no build {which}under {data_dir} (expected '
-          f'{data_dir}/<dataset>/<config>/<version>/dataset_info.json)')
+    where = (f'{data_dir} does not exist' if not os.path.isdir(data_dir) else
+             f'no build {which}under {data_dir}')
+    print(f'error: verify: {where} (expected '
+          f'{data_dir}/<dataset>/<config>/<version>/dataset_info.json)', file=sys.stderr)
     return 1
   try:
     problems = verify(data_dir, dataset, report=lambda line: print(line, flush=True))
   except Exception as e:  # pylint: disable=broad-except
-    print(f'verify {data_dir}: {type(e).__name__}: {e}', file=sys.stderr)
+    print(f'error: verify {data_dir}: {type(e).__name__}: {e}', file=sys.stderr)
     return 1
   if not problems:
     print(f'verified {len(builds)} build(s) under {data_dir}: all records OK')

@@ -21,10 +21,12 @@ mimic the real releases (SPEC section 3), formats included:
           some images), JPEG-baseline DICOMs
           dicom-images-train/<study>/<series>/<ImageId>.dcm.
   chexpert: CheXpert-v1.0-small/{train,valid}.csv and JPEGs (`chexpert`).
+  padchest: PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv and 16-bit
+          PNGs <ImageDir>/<ImageID> with the release's quirks (`padchest`).
 
 Modules: `anatomy` and `findings` draw, `phantom` exposes a film, `files`
-writes PNG/CSV/DICOM, `layouts` and `chexpert` write each release. Only the
-demo, the smoke configs and the tests use this package; pretraining reaches
+writes PNG/CSV/DICOM, `layouts`, `chexpert` and `padchest` write each
+release. Only the demo, the smoke configs and the tests use this package; pretraining reaches
 it through one call, `data_dir_for(config, workdir)`, when a config asks for
 synthetic images instead of a data_dir.
 """
@@ -46,6 +48,7 @@ def generate(dataset: str, out: str, num_images: int, seed: int = 0,
   """Writes `num_images` synthetic images of `dataset` into `out`; returns counts."""
   from mlvicx_jax.synthetic import chexpert  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.synthetic import layouts  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax.synthetic import padchest  # pylint: disable=g-import-not-at-top
   if dataset not in LAYOUTS:
     raise ValueError(f'no synthetic layout for {dataset!r}; expected one of {LAYOUTS} '
                      '(a folder build reads any tree, e.g. the images/ of a synthetic NIH)')
@@ -60,6 +63,8 @@ def generate(dataset: str, out: str, num_images: int, seed: int = 0,
     return layouts.write_nih(rng, out, num_images, image_size, nih_layout)
   if dataset == 'chexpert':
     return chexpert.generate(rng, out, num_images, image_size)
+  if dataset == 'padchest':
+    return padchest.generate(rng, out, num_images, image_size)
   return {'vinbig': layouts.write_vinbig, 'rsna': layouts.write_rsna,
           'siim': layouts.write_siim}[dataset](rng, out, num_images, image_size)
 

@@ -4,6 +4,7 @@ r"""Writes a synthetic dataset in its real release layout.
       --seed=0 [--image_size=256] [--nih_layout=images|kaggle]
 
 Then `python -m mlvicx_jax.data.prepare --dataset=nih --manual_dir=RAW` builds it.
+--dataset is one of synthetic.LAYOUTS (nih, vinbig, rsna, siim, chexpert, padchest).
 """
 from absl import app
 from absl import flags

@@ -123,9 +123,10 @@ def test_record_that_does_not_decode(clean, tmp_path):
 
 def test_empty_dir_is_one_line(tmp_path):
   result = run_cli(f'--data_dir={tmp_path}')
-  assert result.returncode == 1
-  assert result.stdout.strip().splitlines() == [result.stdout.strip()]
-  assert str(tmp_path) in result.stdout
+  assert result.returncode == 1 and not result.stdout.strip()
+  assert result.stderr.strip().splitlines() == [f'error: verify: no build under {tmp_path} '
+                                                f'(expected {tmp_path}/<dataset>/<config>/'
+                                                '<version>/dataset_info.json)']
   assert verify.verify(str(tmp_path)) == []
 
 
@@ -142,7 +143,8 @@ def test_dataset_filter(raw, clean, tmp_path):
   assert 'nih/s96/1.1.0 train' in result.stdout
   assert '--image_size=64' in result.stdout
   result = run_cli(f'--data_dir={data}', '--dataset=siim')
-  assert result.returncode == 1 and len(result.stdout.strip().splitlines()) == 1
+  assert result.returncode == 1 and result.stderr.startswith("error: verify: no build of 'siim'")
+  assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_rebuild_command_repeats_the_config(tmp_path):
@@ -151,3 +153,11 @@ def test_rebuild_command_repeats_the_config(tmp_path):
       'python -m mlvicx_jax.data.prepare --dataset=vinbig --manual_dir=MANUAL_DIR '
       f'--data_dir={tmp_path} --image_size=128 --vinbig_label_rule=majority --seed=3 '
       '--validation_fraction=0.15 --image_encoding=png --overwrite')
+
+
+def test_rebuild_command_repeats_padchest_options(tmp_path):
+  build = tmp_path / 'padchest' / 's96_frontal_physician_min50' / '1.1.0'
+  assert verify.rebuild_command(str(build)) == (
+      'python -m mlvicx_jax.data.prepare --dataset=padchest --manual_dir=MANUAL_DIR '
+      f'--data_dir={tmp_path} --image_size=96 --frontal_only --physician_only '
+      '--min_positives=50 --overwrite')

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from etils import epath
 import numpy as np
@@ -124,12 +124,18 @@ class _Task:
   image_size: int
   rle_rows: tuple[str, ...] | None = None  # SIIM: rows to union into a mask.
   image_encoding: str = 'raw'
+  # A dataset's own reader, path -> (uint8 (H, W), facts about the source file);
+  # module-level, so that worker processes can unpickle it. None: images.py's.
+  reader: Callable[[str], tuple[np.ndarray, dict]] | None = None
 
 
 def _decode(task: _Task) -> tuple[str, Any]:
   """('ok', fields) or ('skip', reason); never raises, so one bad file is skipped."""
+  source = {}
   try:
-    if task.path.lower().endswith(image_io.DICOM_SUFFIXES):
+    if task.reader is not None:
+      (pixels, source), patient_id = task.reader(task.path), ''
+    elif task.path.lower().endswith(image_io.DICOM_SUFFIXES):
       pixels, ds = image_io.read_dicom(task.path)
       patient_id = str(ds.get('PatientID', '') or '')
     else:
@@ -140,7 +146,8 @@ def _decode(task: _Task) -> tuple[str, Any]:
   fields = {'image': image[..., None] if task.image_encoding == 'raw' else
                      image_io.encode_png(image),
             'dicom_patient_id': patient_id,
-            'original_size': pixels.shape}  # (height, width) before resizing.
+            'original_size': pixels.shape,  # (height, width) before resizing.
+            'source': source}
   if task.rle_rows is not None:
     height, width = pixels.shape
     mask = np.zeros((height, width), np.uint8)
@@ -223,6 +230,10 @@ class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     del record, fields
     return {}
 
+  def _image_reader(self) -> Callable[[str], tuple[np.ndarray, dict]] | None:
+    """A module-level reader for this dataset's files; None: images.read_image / read_dicom."""
+    return None
+
   # --- tfds interface ---
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -267,7 +278,7 @@ class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       else:
         present.append(record)
     tasks = [_Task(r.path, self.builder_config.image_size, r.extra.get('rle_rows'),
-                   self.builder_config.image_encoding)
+                   self.builder_config.image_encoding, self._image_reader())
              for r in present]
     if self._num_workers > 0 and self._pool is None:
       self._pool = multiprocessing.get_context('spawn').Pool(self._num_workers)
