@@ -1,8 +1,10 @@
-"""Downstream evaluation: one harness (`harness`), tasks (`classification`, `segmentation`).
+"""Downstream evaluation: one harness (`harness`), tasks (`classification`, `segmentation`),
+and the transfer of classifiers across builds (`transfer`).
 
   from mlvicx_jax import evaluate
   records = evaluate.run(config, workdir)   # config: configs/eval/<task>.py
 """
+from mlvicx_jax import vocabulary
 
 
 def task_module(task: str):
@@ -20,8 +22,12 @@ def run(config, workdir: str) -> list:
   """Every (label fraction, seed) run of an evaluation config; their validated records.
 
   A localisation config (`localise.reference`) also evaluates its reference
-  encoder in the same workdir, named 'random init' or 'reference'.
+  encoder in the same workdir, named 'random init' or 'reference'. A transfer
+  config (task 'transfer') returns its runs' records, then its transfer records.
   """
+  if config.task == vocabulary.TRANSFER:  # configs/eval/transfer.py
+    from mlvicx_jax.evaluate import transfer  # pylint: disable=g-import-not-at-top
+    return transfer.run(config, workdir)
   from mlvicx_jax.evaluate import harness  # pylint: disable=g-import-not-at-top
   records = harness.run(config, workdir, task_module(config.task))
   reference = config.get('localise', {}).get('reference', '')

@@ -233,7 +233,7 @@ def bootstrap_ci(labels, scores, metric_fn: Callable[..., float],
   return _percentile_interval(values, n_boot, n_boot - values.size, alpha)
 
 
-def _weighted_mean_auc(labels: np.ndarray, scores: np.ndarray) -> Callable:
+def weighted_mean_auc(labels: np.ndarray, scores: np.ndarray) -> Callable:
   """counts (N,) -> mean AUC of the resample drawing image i counts[i] times.
 
   Each class's AUC is the weighted Mann-Whitney statistic over the scores
@@ -304,13 +304,13 @@ def bootstrap_mean_auc_ci(labels, scores, n_boot: int = 1000,
 
   Same resamples (same generator calls), same skipping, same result: a
   resample is represented by how many times it draws each image (see
-  `_weighted_mean_auc`). Use it for NIH-sized test sets (25,596 images x 14
+  `weighted_mean_auc`). Use it for NIH-sized test sets (25,596 images x 14
   classes x 1000 resamples).
   """
   _check_bootstrap_args(n_boot, alpha)
   labels, scores = _check_labels_scores(labels, scores)
   n = labels.shape[0]
-  mean_auc_of = _weighted_mean_auc(labels, scores)
+  mean_auc_of = weighted_mean_auc(labels, scores)
   values = _resampled(mean_auc_of, n, n_boot, seed)
   return _percentile_interval(values, n_boot, n_boot - values.size, alpha)
 
@@ -331,8 +331,8 @@ def paired_bootstrap_mean_auc_diff(labels, scores_a: Sequence, scores_b: Sequenc
   _check_bootstrap_args(n_boot, alpha)
   labels = _as_2d(labels, 'labels').astype(np.float64)
   n = labels.shape[0]
-  fns_a = [_weighted_mean_auc(*_check_labels_scores(labels, s)) for s in scores_a]
-  fns_b = [_weighted_mean_auc(*_check_labels_scores(labels, s)) for s in scores_b]
+  fns_a = [weighted_mean_auc(*_check_labels_scores(labels, s)) for s in scores_a]
+  fns_b = [weighted_mean_auc(*_check_labels_scores(labels, s)) for s in scores_b]
   if not fns_a or not fns_b:
     raise ValueError('scores_a and scores_b need at least one score array each')
 

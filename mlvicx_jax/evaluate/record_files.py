@@ -1,7 +1,9 @@
-"""Run records on disk: JSON and CSV of one run, its predictions, loading a run set.
+"""Run records on disk: JSON and CSV of one run, its predictions, loading a run set;
+and transfer records (JSON and predictions; evaluate/transfer.py).
 
 Every write is atomic (a killed run never leaves half a record), and every
-record read or written passes `records.validate_record`, the one schema.
+record read or written passes `records.validate_record` (or, for a transfer
+record, `transfer_record.validate_transfer_record`), the one schema.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import os
 import numpy as np
 
 from mlvicx_jax.evaluate.records import (METRIC_NAMES, PREDICTIONS_SUFFIX, RECORD_PREFIX,
-                                         SOURCE_KEY, finite_or_none, record_stem,
-                                         validate_record)
+                                         SOURCE_KEY, finite_or_none,
+                                         record_stem, validate_record)
+from mlvicx_jax.evaluate.transfer_record import (TRANSFER_PREFIX, transfer_stem,
+                                                 validate_transfer_record)
 
 
 def json_ready(value):
@@ -150,17 +154,26 @@ def write_run_record(out_dir: str, record: Mapping, predictions: Mapping | None 
   return json_path
 
 
-def _record_files(dir_or_glob: str) -> list[str]:
-  pattern = f'{RECORD_PREFIX}*.json'
+def _record_files(dir_or_glob: str, prefix: str = RECORD_PREFIX) -> list[str]:
+  pattern = f'{prefix}*.json'
   if os.path.isdir(dir_or_glob):
     return sorted(glob.glob(os.path.join(dir_or_glob, '**', pattern), recursive=True))
   if os.path.isfile(dir_or_glob):
     return [dir_or_glob]
   files = []
   for match in sorted(glob.glob(dir_or_glob, recursive=True)):
-    files += _record_files(match) if os.path.isdir(match) else (
-        [match] if match.endswith('.json') else [])
+    files += _record_files(match, prefix) if os.path.isdir(match) else (
+        [match] if match.endswith('.json') and os.path.basename(match).startswith(prefix)
+        else [])
   return files
+
+
+def _read_json(path: str):
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path}: not valid JSON ({e})') from None
 
 
 def load_run_records(dir_or_glob: str) -> list[dict]:
@@ -182,12 +195,32 @@ def load_run_records(dir_or_glob: str) -> list[dict]:
                             f'{dir_or_glob!r}; evaluation runs write them into their workdir')
   records = []
   for path in files:
-    try:
-      with open(path, encoding='utf-8') as f:
-        raw = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON ({e})') from None
-    record = validate_record(raw, source=path)
+    record = validate_record(_read_json(path), source=path)
+    record[SOURCE_KEY] = path
+    records.append(record)
+  return records
+
+
+def write_transfer_record(out_dir: str, record: Mapping, predictions: Mapping) -> str:
+  """Writes a transfer record (transfer_record.TRANSFER_SPEC) as JSON and its predictions as npz."""
+  record = dict(record, predictions=None)
+  stem = transfer_stem(validate_transfer_record(record, source='write_transfer_record'))
+  os.makedirs(out_dir, exist_ok=True)
+  record['predictions'] = stem + PREDICTIONS_SUFFIX
+  path = os.path.join(out_dir, record['predictions'])
+  tmp = f'{path}.tmp.{os.getpid()}.npz'
+  np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in predictions.items()})
+  os.replace(tmp, path)
+  json_path = os.path.join(out_dir, stem + '.json')
+  atomic_write(json_path, json.dumps(json_ready(record), indent=2, allow_nan=False) + '\n')
+  return json_path
+
+
+def load_transfer_records(dir_or_glob: str) -> list[dict]:
+  """The validated transfer records under a directory or glob ([] when there are none)."""
+  records = []
+  for path in _record_files(dir_or_glob, TRANSFER_PREFIX):
+    record = validate_transfer_record(_read_json(path), source=path)
     record[SOURCE_KEY] = path
     records.append(record)
   return records

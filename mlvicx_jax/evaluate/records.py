@@ -67,6 +67,8 @@ Record schema (version 1), JSON:
                   'fn': int (test), 'ci95': {rate: [low, high]|null}|null (bootstrap over test
                   images; null when n_boot is 0)}
   other keys      kept as they are (e.g. 'config')
+
+Transfer records: evaluate/transfer_record.py (the same leaf checks).
 """
 
 from __future__ import annotations
@@ -196,40 +198,52 @@ _TREE_KINDS = {
     'str': ('a string', lambda v: isinstance(v, str)),
     'str|null': ('a string or null', lambda v: v is None or isinstance(v, str)),
     'bool|null': ('true, false or null', lambda v: v is None or isinstance(v, (bool, np.bool_))),
+    'bool': ('true or false', lambda v: isinstance(v, (bool, np.bool_))),
+    'number|null': ('a number or null', lambda v: v is None or _is_number(v)),
+    'fraction': ('a number in (0, 1]', lambda v: _is_number(v) and 0 < v <= 1),
+    'version': (f'{SCHEMA_VERSION}', lambda v: v == SCHEMA_VERSION),
+    'transfer': ("'transfer'", lambda v: v == 'transfer'),
+    'task': (f'one of {vocabulary.CLASSIFICATION_TASKS}',
+             lambda v: v in vocabulary.CLASSIFICATION_TASKS),
+    'dataset': (f'one of {vocabulary.DATASETS}', lambda v: v in vocabulary.DATASETS),
+    'protocol': (f'one of {vocabulary.PROTOCOLS}', lambda v: v in vocabulary.PROTOCOLS),
     'interval|null': ('[low, high] or null', lambda v: v is None or (
         isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2
         and all(_is_number(x) and math.isfinite(x) for x in v) and v[0] <= v[1])),
 }
 
 
+_STRING_KINDS = ('str', 'str|null', 'transfer', 'task', 'dataset', 'protocol')
+
+
 def _leaf(value, kind: str):
   """A validated leaf, normalised: python numbers, NaN -> None."""
-  if value is None or kind in ('str', 'str|null'):
+  if value is None or kind in _STRING_KINDS:
     return value
-  if kind == 'bool|null':
+  if kind in ('bool|null', 'bool'):
     return bool(value)
-  if kind in ('count', 'int'):
+  if kind in ('count', 'int', 'version'):
     return int(value)
   if kind == 'interval|null':
     return [float(value[0]), float(value[1])]
   return finite_or_none(value)
 
 
-def _check_tree(value, spec, field: str, source: str):
+def check_tree(value, spec, field: str, source: str):
   """Validates a nested field against its spec (TREE_SPECS); returns a normalised copy."""
   if isinstance(spec, tuple) and spec[0] == 'nullable':
-    return None if value is None else _check_tree(value, spec[1], field, source)
+    return None if value is None else check_tree(value, spec[1], field, source)
   if isinstance(spec, tuple) or isinstance(spec, dict):
     if not isinstance(value, Mapping):
       raise ValueError(f'{source}: field {field} must be a dict, got {value!r}')
     if isinstance(spec, tuple):  # ('map', spec): any names
-      return {str(k): _check_tree(v, spec[1], f'{field}.{k}', source) for k, v in value.items()}
+      return {str(k): check_tree(v, spec[1], f'{field}.{k}', source) for k, v in value.items()}
     missing = [k for k in spec if k not in value]
     if missing:
       raise ValueError(f'{source}: field {field} lacks {missing}')
     out = dict(value)
     for key, sub in spec.items():
-      out[key] = _check_tree(value[key], sub, f'{field}.{key}', source)
+      out[key] = check_tree(value[key], sub, f'{field}.{key}', source)
     return out
   what, ok = _TREE_KINDS[spec]
   if not ok(value):
@@ -316,7 +330,7 @@ def validate_record(record: Mapping, source: str = 'run record') -> dict:
       out[field] = _check_spec_dict(out[field], field, source)
   for field, spec in TREE_SPECS.items():
     if out.get(field) is not None:
-      out[field] = _check_tree(out[field], spec, field, source)
+      out[field] = check_tree(out[field], spec, field, source)
   return out
 
 

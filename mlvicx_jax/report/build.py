@@ -1,8 +1,9 @@
 """report.md, summary.json, runs.csv and the figures from one or more run sets.
 
-Reads every run record (schema in `evaluate.records`) under each run
-directory, aggregates them (`summary`) and writes the sections built in
-`markdown` and, optionally, the figures of `plots`.
+Reads every run record and transfer record (schemas in `evaluate.records`)
+under each run directory, aggregates them (`summary`, `transfer_tables`) and
+writes the sections built in `markdown` and the table modules and,
+optionally, the figures of `plots`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from mlvicx_jax.evaluate.records import METRIC_NAMES, SOURCE_KEY
 from mlvicx_jax.report import calibration_tables
 from mlvicx_jax.report import localisation_tables
 from mlvicx_jax.report import markdown as md
+from mlvicx_jax.report import transfer_tables
 from mlvicx_jax.report.summary import (SD_DDOF, check_duplicates, fraction_key, paired_tests,
                                        row_label, run_ci, summarize, summarize_floors,
                                        summarize_per_class)
@@ -81,6 +83,8 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
     synthetic_keys[key] = synthetic_keys.get(key, True) and bool(r.get('synthetic_data'))
   calibrations = calibration_tables.collect(run_sets, n_boot)
   localised = localisation_tables.collect(run_sets)
+  transfers = transfer_tables.collect(dict(zip(names, run_dirs)))
+  transfer_cells = transfer_tables.matrix_cells(transfers, labelled)
 
   run_list = []
   for name, records in run_sets.items():
@@ -134,6 +138,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
   lines += calibration_tables.calibration_section(calibrations, decimals)
   lines += calibration_tables.operating_points_section(calibrations, decimals)
   lines += localisation_tables.section(localised, decimals)
+  lines += transfer_tables.section(transfer_cells, transfers, decimals)
   lines += md.runs_section(run_list, decimals)
 
   tests = {}
@@ -160,7 +165,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str,
   record_files.atomic_write(summary_path, json.dumps(record_files.json_ready(
       {'run_sets': dict(zip(names, run_dirs)), 'cells': summary,
        'floors': floors, 'runs': run_list, 'paired_tests': tests,
-       'calibration': calibrations}),
+       'calibration': calibrations, 'transfer': transfer_cells}),
       indent=2, allow_nan=False) + '\n')
   csv_path = os.path.join(out_dir, 'runs.csv')
   record_files.atomic_write(csv_path, record_files.csv_text(
