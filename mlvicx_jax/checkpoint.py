@@ -176,6 +176,9 @@ def save_model(directory: str, variables: dict, meta: dict, step: int = 0) -> st
 def restore_model(path: str, step: Optional[int] = None) -> tuple[dict, dict, int]:
   """Reads (variables as numpy, meta, step) from the latest (or given) step."""
   root = checkpoint_root(path)
+  if os.path.isfile(root):
+    raise CheckpointError(f'{path} is a file, not a checkpoint directory (a pretraining '
+                          'workdir, or a folder written by import_torch or the evaluation)')
   if not os.path.isdir(root):
     raise CheckpointError(f'checkpoint directory {path} does not exist')
   handlers = {MODEL: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler(),

@@ -21,11 +21,20 @@ def _load(relative_path: str, variant: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'config file {path} not found (the configs/ folder of the '
                             'repository must sit beside mlvicx_jax/)')
+  return load_file(path, variant)
+
+
+def load_file(path: str, variant: str = '') -> ml_collections.ConfigDict:
+  """get_config(variant) of the config file at `path` (as --config=path:variant reads it)."""
   if REPO not in sys.path:  # configs import each other as `configs.*`
     sys.path.append(REPO)
+  if not path.endswith('.py'):
+    raise ValueError(f'{path} is not a config file (a .py file with get_config(arg))')
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise AttributeError(f'{path} has no get_config(arg): not a config file')
   return module.get_config(variant)
 
 

@@ -67,6 +67,11 @@ def margins(config, runs: dict) -> dict:
 def run(config, workdir: str, started: float) -> dict:
   """Data, pretraining, probes of both encoders; writes the report and the summary."""
   workdir = os.path.abspath(workdir)
+  missing = [name for name in ('pretrain', 'probe') if name not in config]
+  if missing:
+    raise config_check.ConfigError(
+        f'config: no section {", ".join(missing)}: not a demo config (configs/demo.py; '
+        'pretraining configs are run by python -m mlvicx_jax.main)')
   pretrain = config.pretrain
   config_check.validate(pretrain)
   synthetic.data_dir_for(pretrain, workdir)
@@ -126,4 +131,5 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['workdir'])
+  cli.check_config_flag()
   app.run(cli.exit_on_user_errors(main, cli.pretraining_errors))

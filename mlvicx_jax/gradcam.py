@@ -41,7 +41,7 @@ def load_explainer(path: str, cam_layer: str = 'layer4'):
   from mlvicx_jax import pretrained  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.evaluate import classification  # pylint: disable=g-import-not-at-top
 
-  if not os.path.isdir(path):
+  if not os.path.exists(path):
     raise checkpoint.CheckpointError(f'--checkpoint {path} does not exist')
   variables, meta, _ = checkpoint.restore_model(path)
   if meta.get('kind') == classification.MODEL_KIND:

@@ -71,4 +71,5 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
+  cli.check_config_flag()
   app.run(cli.exit_on_user_errors(main, cli.pretraining_errors))

@@ -69,7 +69,7 @@ def main(argv):
         alpha=_ALPHA.value, seed=_SEED.value, decimals=_DECIMALS.value,
         plots=_PLOTS.value)
   except (FileNotFoundError, ValueError) as e:
-    print(f'report: {e}', file=sys.stderr)
+    print(f'error: report: {e}', file=sys.stderr)
     return 1
   print(f'wrote {outputs["markdown"]}')
   print(f'wrote {outputs["summary"]}')
