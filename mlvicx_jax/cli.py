@@ -21,13 +21,14 @@ def quiet_libraries() -> None:
 def pretraining_errors() -> tuple:
   """Errors of a pretraining run that are the user's to fix: one message, no traceback."""
   from mlvicx_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax import storage  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.data import sources  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import config_check  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import nonfinite  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import resume  # pylint: disable=g-import-not-at-top
   from mlvicx_jax.train import workdir_lock  # pylint: disable=g-import-not-at-top
   return (config_check.ConfigError, resume.ConfigDriftError, resume.RestoreError,
-          workdir_lock.WorkdirLockedError, checkpoint.CheckpointError, checkpoint.SaveError,
+          workdir_lock.WorkdirLockedError, checkpoint.CheckpointError, storage.SaveError,
           nonfinite.NonFiniteLossError, sources.BadRecordError, FileNotFoundError)
 
 

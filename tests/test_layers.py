@@ -19,7 +19,7 @@ PACKAGE = os.path.join(REPO, 'mlvicx_jax')
 PROGRAMS = ('mlvicx_jax.main', 'mlvicx_jax.demo', 'mlvicx_jax.cli', 'mlvicx_jax.gradcam',
             'mlvicx_jax.segment', 'mlvicx_jax.evaluate.__main__', 'mlvicx_jax.report.__main__',
             'mlvicx_jax.synthetic.__main__', 'mlvicx_jax.tools')
-LAYERS = (('mlvicx_jax.vocabulary', 'mlvicx_jax.config_files'),
+LAYERS = (('mlvicx_jax.vocabulary', 'mlvicx_jax.config_files', 'mlvicx_jax.storage'),
           ('mlvicx_jax.data',),
           ('mlvicx_jax.synthetic',),
           ('mlvicx_jax.models', 'mlvicx_jax.losses', 'mlvicx_jax.optim', 'mlvicx_jax.checkpoint',

@@ -84,6 +84,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from mlvicx_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from mlvicx_jax import storage  # pylint: disable=g-import-not-at-top
   from mlvicx_jax import evaluate  # pylint: disable=g-import-not-at-top
   try:
     if 'task' not in flags.FLAGS.config:
@@ -91,7 +92,7 @@ def main(argv):
                        'pretraining configs are run by python -m mlvicx_jax.main)')
     synthetic_builds(flags.FLAGS.config, _WORKDIR.value)
     records = evaluate.run(flags.FLAGS.config, _WORKDIR.value)
-  except (checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
+  except (checkpoint.CheckpointError, storage.SaveError, FileNotFoundError, ValueError) as e:
     logging.flush()
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

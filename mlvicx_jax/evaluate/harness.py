@@ -171,7 +171,8 @@ def save_variables(directory: str, variables: dict, meta: dict) -> str:
   """checkpoint.save_model into `directory`, replacing an earlier run's copy."""
   if os.path.exists(directory):
     shutil.rmtree(directory)  # step 0 of an existing manager cannot be overwritten
-  return checkpoint.save_model(directory, jax.device_get(variables), meta)
+  with record_files.storage_errors(directory):
+    return checkpoint.save_model(directory, jax.device_get(variables), meta)
 
 
 # --- training with early stopping ---------------------------------------------------

@@ -1,8 +1,9 @@
 """Run records on disk: JSON and CSV of one run, its predictions, loading a run set;
 and transfer records (JSON and predictions; evaluate/transfer.py).
 
-Every write is atomic (a killed run never leaves half a record), and every
-record read or written passes `records.validate_record` (or, for a transfer
+Every write is atomic (a killed run never leaves half a record); one that
+fails for lack of space or an I/O error removes its partial file and raises
+storage.SaveError in one line. Every record read or written passes `records.validate_record` (or, for a transfer
 record, `transfer_record.validate_transfer_record`), the one schema.
 """
 
@@ -12,11 +13,14 @@ from collections.abc import Mapping, Sequence
 import csv
 import glob
 import io
+import contextlib
 import json
 import math
 import os
 
 import numpy as np
+
+from mlvicx_jax import storage
 
 from mlvicx_jax.evaluate.records import (METRIC_NAMES, PREDICTIONS_SUFFIX, RECORD_PREFIX,
                                          SOURCE_KEY, finite_or_none,
@@ -40,12 +44,41 @@ def json_ready(value):
   return value
 
 
+@contextlib.contextmanager
+def storage_errors(path: str, partial: str | None = None):
+  """A storage failure while writing `path` removes `partial` (the temporary file) and
+  becomes one storage.SaveError; other errors pass unchanged. A half-written model
+  folder is left to the re-run, which replaces it (removing it here would race the
+  writes Orbax still has in flight)."""
+  storage.quiet_save_failures()
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (OSError, tensorstore's ValueError)
+    cause = storage.save_failure_cause(e)
+    if cause is None:
+      raise
+    if partial and os.path.isfile(partial):
+      os.remove(partial)
+    raise storage.SaveError(
+        f'writing {path} failed: {cause}; what is already in {os.path.dirname(path)} is '
+        'intact; re-run the same command after freeing space (runs whose record exists are '
+        'skipped)') from None
+
+
 def atomic_write(path: str, text: str) -> None:
   """Writes via a temporary file so a killed run never leaves half a record."""
   tmp = f'{path}.tmp.{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  with storage_errors(path, tmp):
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_savez(path: str, arrays: Mapping) -> None:
+  tmp = f'{path}.tmp.{os.getpid()}.npz'
+  with storage_errors(path, tmp):
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def _csv_value(value):
@@ -144,10 +177,7 @@ def write_run_record(out_dir: str, record: Mapping, predictions: Mapping | None 
   if predictions is not None:
     arrays = _check_predictions(predictions)
     record['predictions'] = stem + PREDICTIONS_SUFFIX
-    path = os.path.join(out_dir, record['predictions'])
-    tmp = f'{path}.tmp.{os.getpid()}.npz'
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    _atomic_savez(os.path.join(out_dir, record['predictions']), arrays)
   json_path = os.path.join(out_dir, stem + '.json')
   atomic_write(json_path, json.dumps(json_ready(record), indent=2, allow_nan=False) + '\n')
   atomic_write(os.path.join(out_dir, stem + '.csv'), csv_text([flatten_record(record)]))
@@ -207,10 +237,8 @@ def write_transfer_record(out_dir: str, record: Mapping, predictions: Mapping) -
   stem = transfer_stem(validate_transfer_record(record, source='write_transfer_record'))
   os.makedirs(out_dir, exist_ok=True)
   record['predictions'] = stem + PREDICTIONS_SUFFIX
-  path = os.path.join(out_dir, record['predictions'])
-  tmp = f'{path}.tmp.{os.getpid()}.npz'
-  np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in predictions.items()})
-  os.replace(tmp, path)
+  _atomic_savez(os.path.join(out_dir, record['predictions']),
+                {k: np.asarray(v) for k, v in predictions.items()})
   json_path = os.path.join(out_dir, stem + '.json')
   atomic_write(json_path, json.dumps(json_ready(record), indent=2, allow_nan=False) + '\n')
   return json_path

@@ -26,6 +26,7 @@ import sys
 from absl import app
 from absl import flags
 
+from mlvicx_jax import storage
 from mlvicx_jax.report import build as report_build
 
 _RUNS = flags.DEFINE_multi_string(
@@ -68,7 +69,7 @@ def main(argv):
         all_methods=_ALL_METHODS.value, n_boot=_N_BOOT.value,
         alpha=_ALPHA.value, seed=_SEED.value, decimals=_DECIMALS.value,
         plots=_PLOTS.value)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, storage.SaveError) as e:
     print(f'error: report: {e}', file=sys.stderr)
     return 1
   print(f'wrote {outputs["markdown"]}')

@@ -3,7 +3,7 @@
 Each step holds the model, the meta (run config, rollbacks), the optimiser
 and method state, and the input iterator's position (checkpoint.py names
 the items). A save that fails for lack of space or any I/O error becomes
-one checkpoint.SaveError naming its step and the checkpoints still intact.
+one storage.SaveError naming its step and the checkpoints still intact.
 """
 import contextlib
 import os
@@ -14,6 +14,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from mlvicx_jax import checkpoint
+from mlvicx_jax import storage
 from mlvicx_jax.train.step import TrainState
 
 
@@ -54,22 +55,19 @@ def _save(mngr, state: TrainState, data_iter, meta: dict, force: bool = False):
 
 class GuardedSaves:
   """Saves through `mngr`; a storage failure (also one surfacing later from an async
-  save) shuts the manager down and raises one checkpoint.SaveError naming its step."""
+  save) shuts the manager down and raises one storage.SaveError naming its step."""
 
   def __init__(self, mngr):
     self.mngr, self.root = mngr, os.fspath(mngr.directory)
     self.in_flight, self.warned, self.closed = None, False, False
-    handler = logging.get_absl_handler()
-    if not any(isinstance(f, checkpoint.QuietSaveFailures) for f in handler.filters):
-      handler.addFilter(checkpoint.QuietSaveFailures())
-    checkpoint.quiet_closed_loop_callbacks()
+    storage.quiet_save_failures()
 
   def save(self, state: TrainState, data_iter, meta: dict, force: bool = False):
     self.wait()  # the previous async save's failure surfaces here, under its own step
     latest = self.mngr.latest_step()
     if not self.warned and latest is not None and jax.process_index() == 0:
-      warning = checkpoint.free_space_warning(
-          self.root, checkpoint.directory_size(os.path.join(self.root, str(latest))))
+      warning = storage.free_space_warning(
+          self.root, storage.directory_size(os.path.join(self.root, str(latest))))
       if warning:
         logging.warning('%s', warning)
         self.warned = True
@@ -93,7 +91,7 @@ class GuardedSaves:
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except
-      if checkpoint.save_failure_cause(e) is None:
+      if storage.save_failure_cause(e) is None:
         raise
       self.closed = True
       try:  # joins the background threads, so none writes after the message
@@ -102,7 +100,7 @@ class GuardedSaves:
         pass  # the same failure again
       # The partial `*.orbax-checkpoint-tmp` folder is left to the next run's manager
       # (cleanup_tmp_directories): removing it here races the writes still in flight.
-      raise checkpoint.save_error(self.root, step, e) from None
+      raise storage.save_error(self.root, step, e) from None
 
 
 def restore(mngr, step: int, abstract_state: TrainState, data_iter) -> TrainState:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from conftest import REPO
-from mlvicx_jax import checkpoint
+from mlvicx_jax import storage
 from mlvicx_jax import pretrained
 
 SHIM = '''
@@ -47,7 +47,7 @@ def test_full_disk_stops_with_one_line_and_resumes(nih_data_dir, tmp_path):
   assert 'steps 2, 4' in errors[0] and 're-run the same command' in errors[0], errors[0]
   assert 'Traceback' not in output and 'Event loop is closed' not in output, output[-3000:]
   root = workdir / 'checkpoints'
-  assert checkpoint.intact_steps(str(root)) == [2, 4], os.listdir(root)
+  assert storage.intact_steps(str(root)) == [2, 4], os.listdir(root)
   loaded = pretrained.load(str(workdir))
   assert loaded.step == 4 and loaded.meta['step'] == 4
   pretrained.load(str(workdir), step=2)
@@ -55,23 +55,23 @@ def test_full_disk_stops_with_one_line_and_resumes(nih_data_dir, tmp_path):
   resumed = run(workdir, nih_data_dir, fault=False)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resumed from step 4' in resumed.stderr
-  assert checkpoint.intact_steps(str(root))[-1] == 6
+  assert storage.intact_steps(str(root))[-1] == 6
   assert not [d for d in os.listdir(root) if 'orbax-checkpoint-tmp' in d], os.listdir(root)
 
 
 def test_free_space_warning(tmp_path, monkeypatch):
   class Usage:
     free = 3 * 2**20
-  monkeypatch.setattr(checkpoint.shutil, 'disk_usage', lambda path: Usage)
-  warning = checkpoint.free_space_warning(str(tmp_path), 4 * 2**20)
+  monkeypatch.setattr(storage.shutil, 'disk_usage', lambda path: Usage)
+  warning = storage.free_space_warning(str(tmp_path), 4 * 2**20)
   assert '3.0 MB free' in warning and '4.0 MB' in warning
-  assert checkpoint.free_space_warning(str(tmp_path), 2 * 2**20) is None  # 3 >= 1.5 x 2
-  assert checkpoint.free_space_warning(str(tmp_path), 0) is None  # nothing saved yet
+  assert storage.free_space_warning(str(tmp_path), 2 * 2**20) is None  # 3 >= 1.5 x 2
+  assert storage.free_space_warning(str(tmp_path), 0) is None  # nothing saved yet
 
 
 def test_save_failure_cause_reads_orbax_and_tensorstore_errors():
-  assert checkpoint.save_failure_cause(OSError(errno.ENOSPC, 'x')) == 'x'
+  assert storage.save_failure_cause(OSError(errno.ENOSPC, 'x')) == 'x'
   tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing local file "a": Failed to write '
                            "16902 bytes to file 11: No space left on device [os_error_code='28']")
-  assert checkpoint.save_failure_cause(tensorstore) == 'No space left on device'
-  assert checkpoint.save_failure_cause(ValueError('shape mismatch')) is None
+  assert storage.save_failure_cause(tensorstore) == 'No space left on device'
+  assert storage.save_failure_cause(ValueError('shape mismatch')) is None
