@@ -11,9 +11,9 @@ from __future__ import annotations
 DATASETS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert', 'padchest', 'folder')
 
 # Downstream tasks, in report order; each names the dataset it runs on.
-CLASSIFICATION_TASKS = ('nih', 'vinbig', 'rsna', 'chexpert')
+CLASSIFICATION_TASKS = ('nih', 'vinbig', 'rsna', 'chexpert', 'padchest')
 SEGMENTATION_TASKS = ('siim',)
-TASKS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert')
+TASKS = ('nih', 'vinbig', 'rsna', 'siim', 'chexpert', 'padchest')
 # config.task of configs/eval/transfer.py: train on one build, test on others.
 TRANSFER = 'transfer'
 
@@ -21,9 +21,10 @@ TRANSFER = 'transfer'
 PROTOCOLS = ('frozen', 'finetune')
 
 # The metric each task reports (run records' `metric_name`): the paper's for
-# NIH, VinBig, RSNA and SIIM; CheXpert is not in the paper and takes the usual one.
+# NIH, VinBig, RSNA and SIIM; CheXpert and PadChest are not in the paper and take
+# the usual one.
 TASK_METRIC = {'nih': 'mean_auc', 'vinbig': 'mean_auc', 'rsna': 'accuracy', 'siim': 'dice',
-               'chexpert': 'mean_auc'}
+               'chexpert': 'mean_auc', 'padchest': 'mean_auc'}
 
 # Pretraining objectives (config.method), and the name of no pretraining.
 METHODS = ('mlvicx', 'vicreg', 'barlow_twins', 'simclr', 'moco_v2', 'byol', 'simsiam')
@@ -35,6 +36,7 @@ _TASK_ALIASES = {
     'rsna': 'rsna', 'rsnapneumonia': 'rsna',
     'siim': 'siim', 'siimacr': 'siim',
     'chexpert': 'chexpert',
+    'padchest': 'padchest', 'bimcvpadchest': 'padchest',
 }
 
 

@@ -4,6 +4,8 @@ r"""Transfer across hospitals: train a classifier on one build, test it on other
       --config.checkpoint=DIR --config.data_dir=TFDS_DIR --workdir=OUT
   --config=configs/eval/transfer.py:smoke   NIH -> CheXpert and NIH -> PadChest, tiny
                                             random-init model, synthetic builds made in OUT
+  --config.transfer.train_on='("padchest",)' --config.transfer.test_on='("nih",)'
+                                            PadChest -> NIH (any classification task trains)
 
 For each dataset of `transfer.train_on` (A) every (label fraction, seed) run
 is a normal classification run (configs/eval/common.py's recipe, `protocol`
@@ -29,8 +31,10 @@ def get_config(arg: str = ''):
   c.uncertain = 'ignore'       # 'ignore' | 'u_ones' | 'u_zeros', as configs/eval/chexpert.py
   c.label_fractions = (1.0,)   # transfer of fully trained probes; any fractions work
   c.transfer = ml_collections.ConfigDict()
-  c.transfer.train_on = ('nih',)                   # builds the classifiers are trained on
-  c.transfer.test_on = ('chexpert', 'padchest')    # builds they are tested on
+  # A, the builds the classifiers train on: classification tasks (nih, vinbig, rsna, chexpert,
+  # padchest; vocabulary.CLASSIFICATION_TASKS). B, those they are tested on: data/shared_findings.py.
+  c.transfer.train_on = ('nih',)
+  c.transfer.test_on = ('chexpert', 'padchest')
   c.synthetic_images = 0       # > 0 with no data_dir: synthetic builds made in the workdir
   c.synthetic_image_size = 128
   if variant == 'smoke':

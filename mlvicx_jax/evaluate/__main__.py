@@ -1,6 +1,6 @@
 r"""Downstream evaluation of a pretrained encoder, every task (SPEC section 4).
 
-  python -m mlvicx_jax.evaluate --config=configs/eval/<nih|vinbig|rsna|siim|chexpert>.py \
+  python -m mlvicx_jax.evaluate --config=configs/eval/<nih|vinbig|rsna|siim|chexpert|padchest|transfer>.py \
       --config.checkpoint=PRETRAIN_WORKDIR --config.data_dir=TFDS_DIR --workdir=OUT \
       [--config.protocol=frozen|finetune] [--config.label_fractions='(0.01, 0.1)'] \
       [--config.seeds='(0, 1, 2)'] [--config.checkpoint=random] \

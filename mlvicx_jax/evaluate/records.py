@@ -10,7 +10,7 @@ record here.
 Record schema (version 1), JSON:
 
   schema_version  1
-  task            'nih' | 'vinbig' | 'rsna' | 'siim' | 'chexpert'
+  task            'nih' | 'vinbig' | 'rsna' | 'siim' | 'chexpert' | 'padchest'
   protocol        'frozen' | 'finetune'
   label_fraction  float in (0, 1]; 1.0 is all labels
   seed            int; runs of two run sets are paired by it

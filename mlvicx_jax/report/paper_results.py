@@ -29,7 +29,9 @@ FRACTIONS = (0.01, 0.1, 0.3, 1.0)
 
 TASK_TITLES = {'nih': 'NIH ChestX-ray14', 'vinbig': 'VinBig-CXR',
                'rsna': 'RSNA Pneumonia', 'siim': 'SIIM-ACR Pneumothorax',
-               'chexpert': 'CheXpert'}
+               'chexpert': 'CheXpert', 'padchest': 'PadChest'}
+# The tasks of Tables I-III; the others (CheXpert, PadChest) have no paper numbers.
+PAPER_TASKS = ('nih', 'vinbig', 'rsna', 'siim')
 PROTOCOL_TITLES = {'frozen': 'frozen (linear probe)', 'finetune': 'fine-tune'}
 PROTOCOL_SHORT = {'frozen': 'frozen', 'finetune': 'fine-tune'}
 
@@ -276,9 +278,9 @@ def paper_row(method: str | None) -> str:
 
 
 def paper_table_for(task: str, protocol: str) -> str | None:
-  """Which table reports `task` under `protocol`: 'I', 'II', 'III' or None (CheXpert)."""
+  """Which table reports `task` under `protocol`: 'I', 'II', 'III' or None (not in the paper)."""
   task, protocol = normalize_task(task), normalize_protocol(protocol)
-  if task == 'chexpert':
+  if task not in PAPER_TASKS:
     return None
   if task == 'siim':
     return 'III'

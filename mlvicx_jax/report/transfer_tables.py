@@ -21,11 +21,10 @@ from mlvicx_jax.report import markdown as md
 from mlvicx_jax.report import paper_results
 from mlvicx_jax.report.summary import fraction_key, mean_sd, row_label
 
-_TITLES = {'padchest': 'PadChest'}  # builds the paper's tables do not name
-
 
 def title(dataset: str) -> str:
-  return paper_results.TASK_TITLES.get(dataset) or _TITLES.get(dataset, dataset)
+  """A dataset's name in the report: its task title (every dataset of the matrix is a task)."""
+  return paper_results.TASK_TITLES.get(dataset, dataset)
 
 
 def collect(run_dirs: Mapping[str, str]) -> list[dict]:

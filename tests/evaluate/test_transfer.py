@@ -191,7 +191,7 @@ def test_uncertain_labels_are_read_through_the_test_builds_policy(smoke):
 
 def test_config_errors_are_named_before_anything_trains(smoke, tmp_path):
   config, _, _ = smoke
-  cases = [({'train_on': ('padchest',)}, 'config.transfer.train_on'),
+  cases = [({'train_on': ('siim',)}, 'config.transfer.train_on'),
            ({'test_on': ('mimic',)}, 'config.transfer.test_on'),
            ({'test_on': ('vinbig',)}, 'vinbig has not been prepared')]
   for change, message in cases:
@@ -208,3 +208,66 @@ def test_config_errors_are_named_before_anything_trains(smoke, tmp_path):
     evaluate.run(bad, str(tmp_path / 'out'))
   assert not os.path.exists(tmp_path / 'out') or not [
       f for f in os.listdir(tmp_path / 'out') if f.startswith('run_record_')]
+
+
+# --- PadChest as the training build ---------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def padchest_to_nih(nih_data_dir, padchest_data_dir, tmp_path_factory):
+  """A frozen probe trained on the session's PadChest build, tested on its NIH build.
+
+  The two builds live in different data_dirs; both are linked into one.
+  """
+  data_dir = tmp_path_factory.mktemp('padchest_nih')
+  for dataset, source in (('nih', nih_data_dir), ('padchest', padchest_data_dir)):
+    os.symlink(os.path.join(source, dataset), data_dir / dataset)
+  config = load_config('configs/eval/transfer.py', 'smoke')
+  config.data_dir, config.n_boot = str(data_dir), N_BOOT
+  config.transfer.train_on, config.transfer.test_on = ('padchest',), ('nih',)
+  workdir = str(tmp_path_factory.mktemp('padchest_nih_out'))
+  return config, workdir, evaluate.run(config, workdir)
+
+
+def test_padchest_to_nih_over_the_shared_findings(padchest_to_nih, tmp_path):
+  config, workdir, results = padchest_to_nih
+  (run,) = [r for r in results if r.get('kind') != 'transfer']
+  (record,) = [r for r in results if r.get('kind') == 'transfer']
+  assert run['task'] == 'padchest' and (record['train_on'], record['test_on']) == (
+      'padchest', 'nih')
+  assert list(run['test']['per_class_auc']) == list(info.PADCHEST_CLASSES)
+  # The findings: every row of the table naming both, in its order (NIH Hernia = hiatal hernia).
+  table = {f.name: f.names for f in shared_findings.FINDINGS
+           if 'padchest' in f.names and 'nih' in f.names}
+  assert list(record['findings']) == list(table)
+  for finding, names in table.items():
+    assert (record['findings'][finding]['train_class'],
+            record['findings'][finding]['test_class']) == (names['padchest'], names['nih'])
+  predictions = record_files.load_predictions(record)
+  # Scores: the PadChest classifier's output for PadChest's class of each finding, on NIH images.
+  model, variables = classification.restore_classifier(run['model'])
+  data = data_lib.open_task_data(config.data_dir, 'nih', ('test',))
+  images, _ = split_images(config, data, 'test')
+  outputs = np.asarray(jax.nn.sigmoid(model.apply(variables, images, train=False)))
+  columns = [info.PADCHEST_CLASSES.index(table[c]['padchest']) for c in record['findings']]
+  np.testing.assert_allclose(predictions['scores'], outputs[:, columns], atol=1e-5)
+  # Labels: NIH's stored label of each finding's NIH class, nothing masked (no uncertain labels).
+  stored, names = _stored(config.data_dir, 'nih', 'test')
+  nih_columns = [list(names).index(table[c]['nih']) for c in record['findings']]
+  np.testing.assert_array_equal(predictions['labels'], np.stack(
+      [stored[f][0][nih_columns] for f in predictions['file_names']]))
+  for part, prefix in (('transferred', ''), ('in_domain', 'in_domain_')):
+    labels, scores = predictions[f'{prefix}labels'], predictions[f'{prefix}scores']
+    aucs = [sklearn_auc(labels[:, k], scores[:, k]) for k in range(labels.shape[1])]
+    kept = [k for k, f in enumerate(record['findings']) if record['findings'][f]['in_mean']]
+    assert kept and record[part]['mean_auc'] == pytest.approx(np.mean(np.take(aucs, kept)))
+  assert record['label_policy'] == {'train': None, 'test': None}
+  # The report's matrix has a PadChest row, titled as the task is everywhere else.
+  from mlvicx_jax.report import build  # pylint: disable=g-import-not-at-top
+  out = build.build_report([workdir], str(tmp_path / 'report'), plots=False, n_boot=0)
+  with open(out['markdown'], encoding='utf-8') as f:
+    text = f.read()
+  assert '| trained on \\ tested on | PadChest | NIH ChestX-ray14 |' in text
+  row = next(line for line in text.splitlines() if line.startswith('| PadChest |'))
+  assert f'{record["transferred"]["mean_auc"]:.3f}' in row.split('|')[3]
+  assert '#### PadChest -> NIH ChestX-ray14: per finding' in text
