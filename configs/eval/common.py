@@ -16,6 +16,7 @@ def classification(task: str) -> ml_collections.ConfigDict:
   c.task = task
   c.checkpoint = ''            # pretraining workdir / import_torch output, or 'random'
   c.data_dir = ''              # TFDS data_dir written by `python -m mlvicx_jax.data.prepare`
+  c.build = ''                 # one of several builds of the task there ('s256_physician'); '' = the only one, or s256
   c.protocol = 'finetune'      # 'frozen' | 'finetune'
   c.name = ''                  # optional label of what is evaluated (report rows)
 

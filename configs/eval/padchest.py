@@ -14,15 +14,14 @@ the patients 70 / 10 / 20 % into train, validation and test, seeded.
              ('pleural effusion,cardiomegaly'). PadChest has no uncertain
              labels: every entry counts.
 
-Which build is read: the only PadChest build under data_dir, or the default
-one (s256) when several are there; other mixes stop with an error listing
-them. A `--frontal_only`, `--physician_only` or `--min_positives` build is
-read when it is the only PadChest build under its data_dir.
+Which build is read: config.build (configs/eval/common.py) names one of
+several ('s256_physician'); '' reads the only PadChest build under data_dir,
+or the default one (s256) when several are there.
 
-Physician-labelled test: with a physician-only build (`prepare
---physician_only`, 's256_physician': the 39,053 rows whose reports physicians
-labelled, the usual test set of published PadChest results) alone under
-data_dir, every split of the run is physician-labelled, training included.
+Physician-labelled test: a physician-only build (`prepare --physician_only`:
+the 39,053 rows whose reports physicians labelled, the usual test set of
+published PadChest results), read with --config.build=s256_physician, makes
+every split of the run physician-labelled, training included.
 Training on every row and testing on the physician rows alone is not
 offered: the two builds split their own patients, so a physician build's
 test patient may be a training patient of the full build.

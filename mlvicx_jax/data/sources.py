@@ -34,8 +34,9 @@ def resolve_dataset(data_dir: str, dataset: str) -> str:
     raise FileNotFoundError(
         f'no build of {name!r} under {root}; run python -m mlvicx_jax.data.prepare '
         f'--dataset={name} --manual_dir=RAW --data_dir={data_dir}')
-  raise ValueError(f'several builds of {name!r} under {root}: {built}; '
-                   f'pass dataset="{name}/<config>"')
+  raise ValueError(f'several builds of {name!r} under {root}: {built}; name one: '
+                   f'--config.build=<config> for an evaluation, --config.dataset={name}/<config> '
+                   'for pretraining')
 
 
 def read_only_builder(data_dir: str, dataset: str):

@@ -68,8 +68,10 @@ class TaskData:
 
 
 def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS, *,
-                   uncertain: Optional[str] = None, classes=None) -> TaskData:
+                   uncertain: Optional[str] = None, classes=None, build: str = '') -> TaskData:
   """Finds the prepared build of `task`; error naming the folder and the prepare command.
+
+  `build` names one of several builds ('s256_physician'); '' reads the only one (or s256).
 
   `classes` ('all', a preset such as CheXpert's 'competition', or names) and
   `uncertain` (label_policy.UNCERTAINTY_POLICIES, default 'ignore') choose the
@@ -84,8 +86,8 @@ def open_task_data(data_dir: str, task: str, splits: Sequence[str] = SPLITS, *,
     raise FileNotFoundError(
         f'{task} has not been prepared: expected the TFDS directory {expected} '
         f'(under config.data_dir={data_dir}); build it with: {prepare_cmd}')
+  dataset = sources.resolve_dataset(data_dir, f'{task}/{build}' if build else task)
   try:
-    dataset = sources.resolve_dataset(data_dir, task)
     sizes = {split: sources.num_examples(data_dir, dataset, split) for split in splits}
   except (FileNotFoundError, ValueError, KeyError, OSError) as e:
     raise FileNotFoundError(f'cannot read the prepared {task} data in {expected}: {e}. '

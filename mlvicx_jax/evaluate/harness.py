@@ -342,7 +342,7 @@ def run(config, workdir: str, task) -> list[dict]:
   encoder = encoder_lib.load_encoder(config.checkpoint, config.encoder.context_blocks,
                                      config.encoder.model_variant)
   data = data_lib.open_task_data(config.data_dir, config.task, uncertain=config.get('uncertain'),
-                                 classes=config.get('classes'))
+                                 classes=config.get('classes'), build=config.get('build', ''))
   if not data.sizes['test']:
     raise ValueError(f'{data.dataset} in {data.data_dir}: the test split is empty')
   workdir = os.path.abspath(workdir)

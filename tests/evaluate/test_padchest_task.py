@@ -20,6 +20,8 @@ from conftest import load_config
 from mlvicx_jax import evaluate
 from mlvicx_jax import report
 from mlvicx_jax import vocabulary
+from mlvicx_jax.data import sources
+from mlvicx_jax.evaluate import data as data_lib
 from mlvicx_jax.evaluate import __main__ as program
 from mlvicx_jax.report import paper_results
 
@@ -118,3 +120,18 @@ def test_report_titles_padchest_and_shows_no_paper_numbers(run, tmp_path):
   summary = json.loads(pathlib.Path(out['summary']).read_text(encoding='utf-8'))
   cells = [c for c in summary['cells'] if c['task'] == 'padchest']
   assert cells and all(c['paper'] is None for c in cells)
+
+
+def test_config_build_names_one_of_several_builds(nih_data_dir, tmp_path):
+  """Two builds of one dataset: without config.build one line names the field; with it,
+  that build is read."""
+  build = os.path.join(nih_data_dir, 'nih', 's96')
+  for name in ('s96', 's96_physician'):
+    os.makedirs(tmp_path / 'nih', exist_ok=True)
+    os.symlink(build, tmp_path / 'nih' / name)
+  with pytest.raises(ValueError, match=r'several builds .*--config\.build=<config>'):
+    data_lib.open_task_data(str(tmp_path), 'nih')
+  data = data_lib.open_task_data(str(tmp_path), 'nih', build='s96_physician')
+  assert data.dataset == 'nih/s96_physician'
+  assert data.sizes == {split: sources.num_examples(nih_data_dir, 'nih', split)
+                        for split in data.sizes}
