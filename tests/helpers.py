@@ -1,4 +1,6 @@
 """The one helpers module of the tests: evaluation configs, checkpoints, variable trees."""
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,3 +96,22 @@ def sklearn_ece(labels, probs, strategy: str, n_bins: int = 15) -> float:
   counts = counts[counts > 0]
   assert len(counts) == len(prob_true)
   return float(np.sum(counts * np.abs(prob_true - prob_pred)) / len(probs))
+
+
+def enospc_command(module: str, failing_save: int) -> list:
+  """`python -m module` with Orbax's JSON writer raising ENOSPC on its `failing_save`-th
+  call: a full disk at the writer, in a shim around the public command."""
+  shim = f"""
+import errno, sys, runpy
+from orbax.checkpoint._src.handlers import json_checkpoint_handler as h
+original, calls = h.JsonCheckpointHandler._save_fn, []
+async def failing(self, x, directory):
+  calls.append(directory)
+  if len(calls) == {failing_save}:
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  return await original(self, x, directory)
+h.JsonCheckpointHandler._save_fn = failing
+sys.argv = [{module!r}] + sys.argv[1:]
+runpy.run_module({module!r}, run_name='__main__', alter_sys=True)
+"""
+  return [sys.executable, '-c', shim]

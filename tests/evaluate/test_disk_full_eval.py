@@ -13,30 +13,18 @@ import sys
 import numpy as np
 import pytest
 
+import helpers
 from conftest import REPO
 from mlvicx_jax import storage
 from mlvicx_jax.evaluate import classification
 from mlvicx_jax.evaluate import record_files
 
-SHIM = '''
-import errno, sys, runpy
-from orbax.checkpoint._src.handlers import json_checkpoint_handler as h
-original, calls = h.JsonCheckpointHandler._save_fn, []
-async def failing(self, x, directory):
-  calls.append(directory)
-  if len(calls) == 2:
-    raise OSError(errno.ENOSPC, 'No space left on device')
-  return await original(self, x, directory)
-h.JsonCheckpointHandler._save_fn = failing
-sys.argv = ['mlvicx_jax.evaluate'] + sys.argv[1:]
-runpy.run_module('mlvicx_jax.evaluate', run_name='__main__', alter_sys=True)
-'''
-
 
 def _evaluate(workdir, data_dir, fault):
   args = ['--config=configs/eval/nih.py:smoke', f'--workdir={workdir}',
           f'--config.data_dir={data_dir}', '--config.protocol=frozen', '--config.seeds=(0,1)']
-  head = [sys.executable, '-c', SHIM] if fault else [sys.executable, '-m', 'mlvicx_jax.evaluate']
+  head = (helpers.enospc_command('mlvicx_jax.evaluate', 2) if fault else
+          [sys.executable, '-m', 'mlvicx_jax.evaluate'])
   return subprocess.run(head + args, cwd=REPO, capture_output=True, text=True,
                         env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=600)
 

@@ -8,30 +8,18 @@ import os
 import subprocess
 import sys
 
+import helpers
 from conftest import REPO
 from mlvicx_jax import storage
 from mlvicx_jax import pretrained
-
-SHIM = '''
-import errno, sys, runpy
-from orbax.checkpoint._src.handlers import json_checkpoint_handler as h
-original, calls = h.JsonCheckpointHandler._save_fn, []
-async def failing(self, x, directory):
-  calls.append(directory)
-  if len(calls) == 3:
-    raise OSError(errno.ENOSPC, 'No space left on device')
-  return await original(self, x, directory)
-h.JsonCheckpointHandler._save_fn = failing
-sys.argv = ['mlvicx_jax.main'] + sys.argv[1:]
-runpy.run_module('mlvicx_jax.main', run_name='__main__', alter_sys=True)
-'''
 
 
 def run(workdir, data_dir, fault):
   args = ['--config=configs/nih.py:smoke', f'--workdir={workdir}',
           f'--config.data_dir={data_dir}', '--config.num_train_steps=6',
           '--config.checkpoint_every_steps=2']
-  head = [sys.executable, '-c', SHIM] if fault else [sys.executable, '-m', 'mlvicx_jax.main']
+  head = (helpers.enospc_command('mlvicx_jax.main', 3) if fault else
+          [sys.executable, '-m', 'mlvicx_jax.main'])
   return subprocess.run(head + args, cwd=REPO, capture_output=True, text=True,
                         env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=600)
 
