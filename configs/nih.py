@@ -83,6 +83,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.aggregation = 'sum'               # paper text: 'concat'
   c.model.multilevel_impl = 'folded'        # 'naive' = resize to 64x64 first (official cost)
   c.model.dtype = 'float32'                 # compute dtype; parameters stay float32
+  c.model.remat = 'none'                    # 'blocks': recompute each trunk block in backward (less memory)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.sim_coeff = 25.0      # VICReg alpha (invariance)

@@ -64,19 +64,13 @@ def synthetic_builds(config, workdir: str) -> None:
   if config.data_dir or config.get('synthetic_images', 0) <= 0:
     return
   from mlvicx_jax import synthetic  # pylint: disable=g-import-not-at-top
-  from mlvicx_jax.data import prepare  # pylint: disable=g-import-not-at-top
   root = os.path.join(os.path.abspath(workdir), 'synthetic')
-  data_dir = os.path.join(root, 'tfds')
   section = config.get('transfer') or {}
   datasets = tuple(section.get('train_on', (config.task,))) + tuple(section.get('test_on', ()))
   for dataset in dict.fromkeys(datasets):
-    raw = os.path.join(root, f'raw_{dataset}')
-    if not os.path.isdir(raw):
-      logging.info('Writing %d synthetic %s images to %s', config.synthetic_images, dataset, raw)
-      synthetic.generate(dataset, raw + '.partial', config.synthetic_images, seed=0,
-                         image_size=config.synthetic_image_size)
-      os.replace(raw + '.partial', raw)
-    prepare.prepare(dataset, raw, data_dir, image_size=config.image_size)
+    data_dir = synthetic.prepare(dataset, root, config.synthetic_images,
+                                 image_size=config.synthetic_image_size,
+                                 stored_size=config.image_size)
   config.data_dir = data_dir
 
 

@@ -362,10 +362,14 @@ def slug(text: str) -> str:
   return re.sub(r'[^A-Za-z0-9.+-]+', '-', str(text)).strip('-') or 'x'
 
 
-def record_stem(record: Mapping) -> str:
-  """File stem of a record: run_record_<task>_<protocol>_f<frac>_seed<seed>[_<name>]."""
-  stem = (f'{RECORD_PREFIX}{record["task"]}_{record["protocol"]}_'
-          f'f{float(record["label_fraction"]):g}_seed{int(record["seed"])}')
+def file_stem(prefix: str, head: str, record: Mapping) -> str:
+  """<prefix><head>_f<frac>_seed<seed>[_<name>]: the file stem of a run's record."""
+  stem = f'{prefix}{head}_f{float(record["label_fraction"]):g}_seed{int(record["seed"])}'
   if record.get('name'):
     stem += f'_{slug(record["name"])}'
   return stem
+
+
+def record_stem(record: Mapping) -> str:
+  """File stem of a record: run_record_<task>_<protocol>_f<frac>_seed<seed>[_<name>]."""
+  return file_stem(RECORD_PREFIX, f'{record["task"]}_{record["protocol"]}', record)

@@ -61,8 +61,5 @@ def validate_transfer_record(record: Mapping, source: str = 'transfer record') -
 
 def transfer_stem(record: Mapping) -> str:
   """transfer_record_<A>_to_<B>_<protocol>_f<frac>_seed<seed>[_<name>]."""
-  stem = (f'{TRANSFER_PREFIX}{record["train_on"]}_to_{record["test_on"]}_{record["protocol"]}_'
-          f'f{float(record["label_fraction"]):g}_seed{int(record["seed"])}')
-  if record.get('name'):
-    stem += f'_{records.slug(record["name"])}'
-  return stem
+  return records.file_stem(
+      TRANSFER_PREFIX, f'{record["train_on"]}_to_{record["test_on"]}_{record["protocol"]}', record)

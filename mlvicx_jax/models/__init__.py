@@ -35,6 +35,20 @@ def _dtype(cfg):
   return DTYPES[cfg.dtype]
 
 
+REMAT = ('none', 'blocks')
+
+
+def _remat(cfg) -> bool:
+  """model.remat: 'none', or 'blocks' (recompute each trunk block in the backward pass).
+
+  Absent from configs that predate it, which means 'none'.
+  """
+  remat = cfg.get('remat', 'none')
+  if remat not in REMAT:
+    raise ValueError(f'model.remat must be one of {REMAT}, got {remat!r}')
+  return remat == 'blocks'
+
+
 def build_backbone(cfg, keep_context_blocks: bool = True) -> ResNet:
   """The ResNet trunk; without context blocks it is the plain downstream ResNet18."""
   dtype = _dtype(cfg)
@@ -43,7 +57,7 @@ def build_backbone(cfg, keep_context_blocks: bool = True) -> ResNet:
     block = functools.partial(ContextBottleneck, reduction=cfg.reduction,
                               kernel_size=cfg.spatial_kernel, dtype=dtype)
   return ResNet(stage_sizes=tuple(cfg.stage_sizes), num_filters=cfg.width,
-                context_block=block, dtype=dtype)
+                context_block=block, dtype=dtype, remat=_remat(cfg))
 
 
 def build_model(cfg) -> MLVICX:
@@ -57,7 +71,8 @@ def build_model(cfg) -> MLVICX:
   trunk = build_backbone(cfg)
   backbone = functools.partial(ResNet, stage_sizes=trunk.stage_sizes,
                                num_filters=trunk.num_filters,
-                               context_block=trunk.context_block, dtype=dtype)
+                               context_block=trunk.context_block, dtype=dtype,
+                               remat=trunk.remat)
   global_head = None
   if cfg.global_head:
     global_head = functools.partial(

@@ -15,6 +15,21 @@ linear_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'
 OUTPUT_NORMS = ('affine', 'plain', 'none')
 
 
+def _rows_then_columns(x, along_h, along_w):
+  """einsum('ph,nhwc,qw->npqc'): resample a (N, H, W, C) map along H, then W.
+
+  The H step is one matmul per example, (P, H) @ (H, W*C), with the matrix
+  repeated over the batch: contracted so, the map is read in its own layout
+  and its gradient is written in it. (A plain einsum contracts H across the
+  batch, which makes XLA copy the whole map, and its gradient, transposed.)
+  """
+  n, h, w, c = x.shape
+  along_h = jnp.broadcast_to(along_h, (n,) + along_h.shape)
+  x = jnp.einsum('nph,nhk->npk', along_h, x.reshape(n, h, w * c))
+  x = x.reshape(n, along_h.shape[1], w, c)
+  return jnp.einsum('qw,npwc->npqc', along_w, x)
+
+
 class ProjectionHead(nn.Module):
   """Linear+BN+ReLU layers, then a last Linear with an optional BN, no ReLU.
 
@@ -84,8 +99,7 @@ class MultiLevelBranch(nn.Module):
       else:
         along_h = resample.bilinear_matrix(height, self.common_size)
         along_w = resample.bilinear_matrix(width, self.common_size)
-      x = jnp.einsum('ph,nhwc->npwc', along_h.astype(x.dtype), x)
-      x = jnp.einsum('qw,npwc->npqc', along_w.astype(x.dtype), x)
+      x = _rows_then_columns(x, along_h.astype(x.dtype), along_w.astype(x.dtype))
       x = nn.Dense(self.channels, dtype=self.dtype, kernel_init=linear_kernel_init,
                    name=f'proj{level}')(x)
       projected.append(x)

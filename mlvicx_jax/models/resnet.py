@@ -68,6 +68,10 @@ class ResNet(nn.Module):
   num_filters: int = 64
   context_block: Optional[Callable[..., nn.Module]] = None
   dtype: Any = jnp.float32
+  # Rematerialise every residual block and context block: the backward pass
+  # recomputes them from their inputs instead of keeping their insides
+  # (less memory for large per-device batches, one more forward of the trunk).
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True, deltas=None):
@@ -76,10 +80,15 @@ class ResNet(nn.Module):
                              kernel_init=conv_kernel_init)
     norm = batch_norm(train, self.dtype)
 
+    block_cls = nn.remat(BasicBlock) if self.remat else BasicBlock
+    context_cls = self.context_block
+    if self.remat and context_cls is not None:
+      context_cls = nn.remat(context_cls)
+
     def refine(y, index):
-      if self.context_block is None:
+      if context_cls is None:
         return y
-      return self.context_block(name=f'cbt{index + 1}')(y)
+      return context_cls(name=f'cbt{index + 1}')(y)
 
     x = conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
              name='conv1')(x.astype(self.dtype))
@@ -91,7 +100,7 @@ class ResNet(nn.Module):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
-        x = BasicBlock(self.num_filters * 2**i, conv=conv, norm=norm,
+        x = block_cls(self.num_filters * 2**i, conv=conv, norm=norm,
                        strides=2 if i > 0 and j == 0 else 1,
                        name=f'layer{i + 1}_{j}')(x)
       x = refine(x, i + 1)

@@ -69,18 +69,23 @@ def generate(dataset: str, out: str, num_images: int, seed: int = 0,
           'siim': layouts.write_siim}[dataset](rng, out, num_images, image_size)
 
 
-def prepare(dataset: str, root: str, num_images: int, *, image_size: int, seed: int = 0) -> str:
-  """Synthetic `dataset` in its real layout under root/raw, built into root/tfds.
+def prepare(dataset: str, root: str, num_images: int, *, image_size: int, seed: int = 0,
+            stored_size: int | None = None) -> str:
+  """Synthetic `dataset` in its real layout under root/raw_<dataset>, built into root/tfds.
 
-  A build already there is reused. Returns the TFDS data_dir.
+  Several datasets share one root (and so one data_dir). The download is
+  written aside and renamed into place, and a finished build is reused, so
+  an interrupted call is simply repeated. `image_size` is the films' size,
+  `stored_size` the build's (default: the same). Returns the TFDS data_dir.
   """
   from mlvicx_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   data_dir = os.path.join(root, 'tfds')
-  if not os.path.isdir(os.path.join(data_dir, dataset)):
-    raw = os.path.join(root, 'raw')
+  raw = os.path.join(root, f'raw_{dataset}')
+  if not os.path.isdir(raw):
     logging.info('Writing %d synthetic %s images to %s', num_images, dataset, raw)
-    generate(dataset, raw, num_images, seed=seed, image_size=image_size)
-    prepare_lib.prepare(dataset, raw, data_dir, image_size=image_size, seed=seed)
+    generate(dataset, raw + '.partial', num_images, seed=seed, image_size=image_size)
+    os.replace(raw + '.partial', raw)
+  prepare_lib.prepare(dataset, raw, data_dir, image_size=stored_size or image_size, seed=seed)
   return data_dir
 
 

@@ -59,13 +59,13 @@ def _check_method(config) -> None:
 
 
 def _check_nonfinite(config) -> None:
-  policy = config.get('nonfinite', 'stop')
+  policy = config.nonfinite
   _require(policy in nonfinite.POLICIES, 'nonfinite', f'{policy!r} is not one of {nonfinite.POLICIES}')
   for field, low in (('nonfinite_skip_batches', 0), ('nonfinite_lr_steps', 0),
                      ('nonfinite_max_rollbacks', 0)):
-    value = config.get(field, 0)
+    value = config[field]
     _require(isinstance(value, int) and value >= low, field, f'must be an integer >= {low}, got {value!r}')
-  scale = config.get('nonfinite_lr_scale', 1.0)
+  scale = config.nonfinite_lr_scale
   _require(0 < scale <= 1, 'nonfinite_lr_scale', f'must be in (0, 1], got {scale}')
 
 

@@ -283,7 +283,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       next(data_iter)
     rollbacks.append(rollback)
     logging.warning('non-finite loss, rollback %d of %d: %s', len(rollbacks),
-                    config.get('nonfinite_max_rollbacks', 3), rollback.describe())
+                    config.nonfinite_max_rollbacks, rollback.describe())
     writer.event(failure.step, 'nonfinite_rollback', rollback.to_json())
     writer.rewind(rollback.restored_step)
     window.update(start=time.time(), steps=0, bad_records=0)

@@ -76,23 +76,23 @@ def decide(config, failure: NonFiniteStep, rollbacks: list[Rollback], restored_s
   the restored checkpoint records (its stream position). Skipped by default:
   the batches since the checkpoint plus the failing one.
   """
-  policy = config.get('nonfinite', 'stop')
+  policy = config.nonfinite
   if policy != 'rollback':
     raise NonFiniteLossError(
         f'{failure}; the last checkpoint is the last good state ({restored_step}); '
         '--config.nonfinite=rollback would restore it and train past the batches that led here')
-  budget = config.get('nonfinite_max_rollbacks', 3)
+  budget = config.nonfinite_max_rollbacks
   if len(rollbacks) >= budget:
     history = '; '.join(r.describe() for r in rollbacks) or 'none'
     raise NonFiniteLossError(
         f'{failure}; the rollback budget is spent (config.nonfinite_max_rollbacks = {budget}); '
         f'rollbacks: {history}; the last checkpoint is the last good state ({restored_step})')
-  skip = config.get('nonfinite_skip_batches', 0)
+  skip = config.nonfinite_skip_batches
   if skip <= 0:
     skip = failure.step - restored_step + 1
   return Rollback(failed_step=failure.step, term=failure.term, restored_step=restored_step,
-                  skipped_batches=int(skip), lr_scale=float(config.get('nonfinite_lr_scale', 1.0)),
-                  lr_until=restored_step + int(config.get('nonfinite_lr_steps', 0)),
+                  skipped_batches=int(skip), lr_scale=float(config.nonfinite_lr_scale),
+                  lr_until=restored_step + int(config.nonfinite_lr_steps),
                   stream_offset=stream_offset(restored_rollbacks) + int(skip))
 
 
@@ -116,5 +116,5 @@ def poison(config, step: int, position: int, batch: int) -> np.ndarray:
   it gets past; with inject_nan_every_try (tests of the budget) at that
   training step instead, so every retry fails again.
   """
-  at = step if config.get('inject_nan_every_try', False) else position
+  at = step if config.inject_nan_every_try else position
   return np.full((batch,), np.nan if at == config.inject_nan_at_step else 1.0, np.float32)

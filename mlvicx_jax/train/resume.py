@@ -45,7 +45,7 @@ FREE_FIELDS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'checkpoint_e
 FIXED_FIELDS = ('method', 'model', 'loss', 'dataset', 'split', 'image_size', 'synthetic_images',
                 'synthetic_image_size')
 # Inside model.*: same parameters and function, so they may change when allowed.
-ALLOWABLE_MODEL_FIELDS = ('model.dtype', 'model.multilevel_impl')
+ALLOWABLE_MODEL_FIELDS = ('model.dtype', 'model.multilevel_impl', 'model.remat')
 
 
 class ConfigDriftError(ValueError):

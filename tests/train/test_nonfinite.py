@@ -9,7 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import load_config
 from mlvicx_jax import pretrained
+from mlvicx_jax.train import config_check
 from mlvicx_jax.train import nonfinite
 from train.test_loop import _run_until, _train_item, checkpoint_steps, flat, metrics, run_main
 
@@ -123,3 +125,14 @@ def test_a_spent_budget_ends_the_run_with_one_line(nih_data_dir, tmp_path):
   assert len(_events(workdir)) == 2
   assert checkpoint_steps(workdir) == [2, 4]
   assert pretrained.load(workdir).step == 4
+
+
+@pytest.mark.parametrize('field, value', [('nonfinite', 'retry'), ('nonfinite_lr_scale', 0.0),
+                                          ('nonfinite_lr_scale', 2.0),
+                                          ('nonfinite_max_rollbacks', -1),
+                                          ('nonfinite_skip_batches', -2)])
+def test_bad_policy_fields_are_named(field, value):
+  config = load_config('configs/nih.py', 'smoke')
+  config[field] = value
+  with pytest.raises(config_check.ConfigError, match=f'config.{field}'):
+    config_check.validate(config)

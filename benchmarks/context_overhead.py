@@ -1,0 +1,89 @@
+r"""What the context blocks and the multi-level branch cost per train step, in one process.
+
+  python benchmarks/context_overhead.py --batch=16 --size=224 --rounds=5
+
+Builds four train steps of the default model as train/loop.py builds them
+(LARS, VICReg terms, views given, as with aug.on='host'): full MLVICX,
+without context blocks, without the multi-level branch (and its loss term),
+and without both. The steps run round-robin, one of each per round, so a
+load change on a shared machine hits every variant alike. Per variant: the
+median step and its ratio to the last variant (the step without both), the
+process's CPU time, XLA's FLOPs, the compiled temporaries and the page
+faults per step (XLA's CPU runtime maps its temporaries afresh each step).
+The issue's target is full / neither <= 1.08.
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+VARIANTS = (('full MLVICX', {}),
+            ('no context blocks', {'context_blocks': False}),
+            ('no multi-level branch', {'multilevel': False}),
+            ('neither', {'context_blocks': False, 'multilevel': False}))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--batch', type=int, default=16)
+  p.add_argument('--size', type=int, default=224)
+  p.add_argument('--rounds', type=int, default=5, help='timed steps per variant (median)')
+  p.add_argument('--variant', default='', help="configs/nih.py variant ('' = official)")
+  p.add_argument('--dtype', default='float32')
+  p.add_argument('--only', default='', help="comma-separated variant numbers (1-4), e.g. '3,4'; "
+                 "the last one listed is the ratios' base")
+  args = p.parse_args()
+  chosen = [VARIANTS[int(i) - 1] for i in args.only.split(',')] if args.only else VARIANTS
+  runs = []
+  for name, fields in chosen:
+    config = bench_step.pretraining_config(args.variant, args.size, args.batch, args.dtype,
+                                            **fields)
+    step = bench_step.Step(config, stored_size=args.size, device_views=False)
+    compiled, compile_s = step.compile()
+    state, batch = step.state(), step.batch()
+    state, metrics = compiled(state, batch, step.scale)  # warm-up
+    jax.block_until_ready(metrics)
+    runs.append(dict(name=name, compiled=compiled, state=state, batch=batch, step=step,
+                     flops=bench_step.compiled_flops(compiled), compile_s=compile_s, times=[],
+                     cpu=[], faults=[],
+                     temp=compiled.memory_analysis().temp_size_in_bytes))
+    print(f'compiled {name} in {compile_s:.1f} s', file=sys.stderr, flush=True)
+  load_before = os.getloadavg()[0]
+  for _ in range(args.rounds):
+    for run in runs:
+      before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+      run['state'], metrics = run['compiled'](run['state'], run['batch'], run['step'].scale)
+      jax.block_until_ready(metrics)
+      run['times'].append(time.perf_counter() - t0)
+      after = resource.getrusage(resource.RUSAGE_SELF)
+      run['cpu'].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+      run['faults'].append(after.ru_minflt - before.ru_minflt)
+  base = float(np.median(runs[-1]['times']))  # the last variant: 'neither' by default
+  print(f"\n{jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, batch {args.batch}, "
+        f"{args.size} px, {args.dtype}, median of {args.rounds} round-robin steps; "
+        f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+  base_cpu = float(np.median(runs[-1]['cpu']))
+  print('| variant | s/step [min, max] | vs last | CPU s/step | vs last | GFLOP (XLA) '
+        '| GFLOP/s | temp MiB | page faults/step |')
+  print('|---|---|---|---|---|---|---|---|---|')
+  for run in runs:
+    median, cpu = float(np.median(run['times'])), float(np.median(run['cpu']))
+    print(f"| {run['name']} | {median:.2f} [{min(run['times']):.2f}, {max(run['times']):.2f}] "
+          f"| {median / base:.3f}x | {cpu:.2f} | {cpu / base_cpu:.3f}x | {run['flops'] / 1e9:.1f} "
+          f"| {run['flops'] / median / 1e9:.0f} | {run['temp'] / 2**20:.0f} "
+          f"| {int(np.median(run['faults'])):,} |")
+  if len(runs) == len(VARIANTS):
+    ratio = float(np.median(runs[0]['times'])) / base
+    print(f"full / neither: {ratio:.3f}x (target <= 1.08: {'met' if ratio <= 1.08 else 'not met'})")
+
+
+if __name__ == '__main__':
+  main()
