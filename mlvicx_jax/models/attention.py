@@ -2,13 +2,16 @@
 
 The block is one function with a hand-written backward pass (custom_vjp).
 Autodiff of the plain composition ran the 7x7 convolution on two channels,
-and its input gradient, at about 1 GFLOP/s on XLA's CPU (39 and 35 ms per
-view on the stem map at batch 16). Here the convolution and its input
-gradient are sums of 98 shifted planes (the same products, accumulated in
-float32; 2-3 ms), its kernel gradient is XLA's own; the channel mean is a
-matrix-vector product; the max-pools' ties are counted with sign() inside
-reductions instead of float masks. Values and gradients are those of the
-plain composition up to float rounding (ties split evenly, as jax does);
+and its input gradient, at about 1 GFLOP/s on XLA's CPU. Here the
+convolution and its input gradient are sums of 98 shifted planes (float32
+accumulation), its kernel gradient is XLA's own. The reductions over
+channels are variadic reduces (the channel sum and max in one pass, forward;
+the spatial-logit gradient, the max, its index and its ties in one pass,
+backward): XLA fuses the products they read into them, where a plain
+reduce goes to a library kernel that needs every broadcast operand written
+out as a full map first (four such maps per view on the stem map cost more
+than the block's arithmetic). Values and gradients are those of the plain
+composition up to float rounding (ties split evenly, as jax does);
 tests/models/test_context_block.py checks both.
 """
 import functools
@@ -85,6 +88,33 @@ def _split(gradient, ties, dtype):
   return (gradient.astype(jnp.float32) / ties).astype(dtype)
 
 
+def _sum_and_max(values, axis):
+  """(sum, max) of float32 `values` over `axis` in one pass (one variadic reduce)."""
+  return jax.lax.reduce((values, values), (0.0, -jnp.inf),
+                        lambda a, b: (a[0] + b[0], jnp.maximum(a[1], b[1])), axis)
+
+
+def _sum_and_argmax_last(terms, values):
+  """Over the last axis, in one pass: sum(terms), max(values), the index of a
+  maximum and how many values equal it (all float32).
+
+  The index and the count come from the very values compared, so they agree:
+  a maximum recomputed in another fusion may round differently (XLA CPU
+  recomputes a fused BatchNorm+ReLU in each consumer) and an equality test
+  against it could find no maximum at all.
+  """
+  index = jax.lax.broadcasted_iota(jnp.float32, values.shape, values.ndim - 1)
+
+  def combine(a, b):
+    peak = jnp.maximum(a[1], b[1])
+    a_max, b_max = a[1] == peak, b[1] == peak
+    return (a[0] + b[0], peak, jnp.where(a_max, a[2], b[2]),
+            jnp.where(a_max, a[3], 0.0) + jnp.where(b_max, b[3], 0.0))
+
+  return jax.lax.reduce((terms, values, index, jnp.ones_like(values)),
+                        (0.0, -jnp.inf, 0.0, 0.0), combine, (values.ndim - 1,))
+
+
 # Jitted so that an eager call (model.init outside jit) compiles the block once
 # instead of dispatching its few hundred small operations one by one.
 @functools.partial(jax.jit, static_argnums=4)
@@ -95,10 +125,8 @@ def _forward(x_in, fc1_in, fc2_in, conv_in, dtype):
   avg, peak = jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))
   channel = nn.sigmoid(_mlp(avg, fc1, fc2) + _mlp(peak, fc1, fc2))
   ch = channel[:, None, None, :]
-  # The channel mean of x * channel as a matrix-vector product and its max as
-  # one fused pass, so that the scaled map is never written out.
-  mean_c = jnp.einsum('nhwc,nc->nhw', x, channel) / x.shape[-1]
-  max_c = jnp.max(x * ch, axis=-1)
+  total_c, max_c = _sum_and_max((x * ch).astype(jnp.float32), (3,))
+  mean_c, max_c = (total_c / x.shape[-1]).astype(dtype), max_c.astype(dtype)
   pad = conv_k.shape[0] // 2
   logits = shifted_sum([_pad(mean_c, pad), _pad(max_c, pad)], conv_k).astype(dtype)
   spatial = nn.sigmoid(logits)
@@ -125,11 +153,16 @@ def _bwd(dtype, saved, gy):
   gy = gy.astype(dtype)
   ch = channel[:, None, None, :]
   peak_b = peak[:, None, None, :]
-  # Over channels: d loss / d spatial logits, and how many channels tie for max_c.
-  g_logits = (jnp.sum(gy * x * ch, axis=-1) * spatial * (1 - spatial)).astype(dtype)
-  ties_c = _ties(x * ch, max_c[..., None], (3,))
-  # The convolution: input gradient as shifted sums with the flipped kernel,
-  # kernel gradient by XLA's transpose of the convolution.
+  # Over channels, one pass: d loss / d spatial logits, and the channels at the max.
+  scaled = x * ch
+  g_spatial, top, top_index, ties_c = _sum_and_argmax_last(
+      (gy * scaled).astype(jnp.float32), scaled.astype(jnp.float32))
+  g_logits = (g_spatial * spatial * (1 - spatial)).astype(dtype)
+  # A single maximum by its index (exact); tied ones by value (equal values
+  # computed alike: in practice the zeros of a post-ReLU map).
+  at_top = jnp.where((ties_c == 1)[..., None],
+                     jax.lax.broadcasted_iota(jnp.float32, scaled.shape, 3) == top_index[..., None],
+                     scaled.astype(jnp.float32) == top[..., None]).astype(dtype)
   g_pad = _pad(g_logits, pad)
   flipped = conv_k[::-1, ::-1]
   g_mean_c = shifted_sum([g_pad], flipped[:, :, 0:1]).astype(dtype)
@@ -139,10 +172,10 @@ def _bwd(dtype, saved, gy):
           jnp.stack([mean_c, max_c], axis=-1), kernel, (1, 1), ((pad, pad), (pad, pad)),
           dimension_numbers=('NHWC', 'HWIO', 'NHWC')), conv_k)
   (g_conv,) = conv_vjp(g_logits[..., None])
-  # Over positions: d loss / d (x * channel) (written once, read twice), the
-  # channel gate's gradient, and how many positions tie for the spatial max.
+  # d loss / d (x * channel), recomputed where it is used rather than written out.
   g_scaled = (gy * spatial[..., None] + (g_mean_c / channels)[..., None]
-              + (1 - _below_max(x * ch, max_c[..., None])) * g_max_c[..., None])
+              + at_top * g_max_c[..., None])
+  # Over positions, one pass: the channel gate's gradient, ties for the spatial max.
   g_channel = jnp.sum(g_scaled * x, axis=(1, 2))
   ties_sp = _ties(x, peak_b, (1, 2))
   g_channel_logits = (g_channel * channel * (1 - channel)).astype(dtype)
