@@ -158,11 +158,14 @@ def _bwd(dtype, saved, gy):
   g_spatial, top, top_index, ties_c = _sum_and_argmax_last(
       (gy * scaled).astype(jnp.float32), scaled.astype(jnp.float32))
   g_logits = (g_spatial * spatial * (1 - spatial)).astype(dtype)
-  # A single maximum by its index (exact); tied ones by value (equal values
-  # computed alike: in practice the zeros of a post-ReLU map).
+  # A single maximum by its index (exact); tied ones by value (in practice the
+  # zeros of a post-ReLU map, which every fusion computes alike). The count is
+  # at least 1 either way, so the split below never divides by zero.
   at_top = jnp.where((ties_c == 1)[..., None],
                      jax.lax.broadcasted_iota(jnp.float32, scaled.shape, 3) == top_index[..., None],
                      scaled.astype(jnp.float32) == top[..., None]).astype(dtype)
+  # The convolution: input gradient as shifted sums with the flipped kernel,
+  # kernel gradient by XLA's transpose of the convolution.
   g_pad = _pad(g_logits, pad)
   flipped = conv_k[::-1, ::-1]
   g_mean_c = shifted_sum([g_pad], flipped[:, :, 0:1]).astype(dtype)
@@ -175,7 +178,7 @@ def _bwd(dtype, saved, gy):
   # d loss / d (x * channel), recomputed where it is used rather than written out.
   g_scaled = (gy * spatial[..., None] + (g_mean_c / channels)[..., None]
               + at_top * g_max_c[..., None])
-  # Over positions, one pass: the channel gate's gradient, ties for the spatial max.
+  # Over positions: the channel gate's gradient, and ties for the spatial max.
   g_channel = jnp.sum(g_scaled * x, axis=(1, 2))
   ties_sp = _ties(x, peak_b, (1, 2))
   g_channel_logits = (g_channel * channel * (1 - channel)).astype(dtype)
