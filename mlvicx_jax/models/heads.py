@@ -1,4 +1,5 @@
 """Projection heads: the global MLP and the multi-level branch."""
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -30,8 +31,22 @@ def _rows_then_columns(x, along_h, along_w):
   return jnp.einsum('qw,npwc->npqc', along_w, x)
 
 
+def per_view(layer, x):
+  """`layer` on (batch, F), or on each view of (views, batch, F) in turn.
+
+  One call per view keeps a BatchNorm's statistics per view and chains its
+  running statistics view 1 -> view 2, as separate forward passes do.
+  """
+  if x.ndim == 2:
+    return layer(x)
+  return jnp.stack([layer(view) for view in x])
+
+
 class ProjectionHead(nn.Module):
   """Linear+BN+ReLU layers, then a last Linear with an optional BN, no ReLU.
+
+  Input (batch, F), or (views, batch, F): every Linear is then one matmul for
+  all views (its weights read once), every BN per view.
 
   The defaults are official MLVICX (BN with scale and offset after the last
   layer). The comparison methods' heads differ only in these switches:
@@ -56,11 +71,11 @@ class ProjectionHead(nn.Module):
                    use_bias=self.output_bias or not last, name=f'linear{i + 1}')(x)
       if not last:
         if self.hidden_norm:
-          x = norm(name=f'bn{i + 1}')(x)
+          x = per_view(norm(name=f'bn{i + 1}'), x)
         x = nn.relu(x)
       elif self.output_norm != 'none':
         plain = self.output_norm == 'plain'
-        x = norm(use_scale=not plain, use_bias=not plain, name=f'bn{i + 1}')(x)
+        x = per_view(norm(use_scale=not plain, use_bias=not plain, name=f'bn{i + 1}'), x)
     return x.astype(jnp.float32)
 
 
@@ -84,11 +99,23 @@ class MultiLevelBranch(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, maps, train: bool = True):
+  def __call__(self, maps, train: bool = True, views: bool = False):
+    """`maps`: one view's maps (a list over levels), or with `views` a list of
+    those, one per view: the levels are then pooled per view and the head
+    runs once on both."""
     if self.aggregation not in ('sum', 'concat'):
       raise ValueError(f"model.aggregation must be 'sum' or 'concat', got {self.aggregation!r}")
     if self.implementation not in ('folded', 'naive'):
       raise ValueError(f"model.multilevel_impl must be 'folded' or 'naive', got {self.implementation!r}")
+    projections = {level: nn.Dense(self.channels, dtype=self.dtype,
+                                   kernel_init=linear_kernel_init, name=f'proj{level}')
+                   for level in self.levels}
+    pool = functools.partial(self._pooled, projections)
+    x = jnp.stack([pool(one) for one in maps]) if views else pool(maps)
+    return ProjectionHead(self.head_widths, dtype=self.dtype, name='head')(x, train)
+
+  def _pooled(self, projections, maps):
+    """(batch, C * pool_size**2): every level resampled, projected, aggregated, flattened."""
     projected = []
     for level in self.levels:
       x = maps[level]
@@ -100,9 +127,7 @@ class MultiLevelBranch(nn.Module):
         along_h = resample.bilinear_matrix(height, self.common_size)
         along_w = resample.bilinear_matrix(width, self.common_size)
       x = _rows_then_columns(x, along_h.astype(x.dtype), along_w.astype(x.dtype))
-      x = nn.Dense(self.channels, dtype=self.dtype, kernel_init=linear_kernel_init,
-                   name=f'proj{level}')(x)
-      projected.append(x)
+      projected.append(projections[level](x))
     if self.aggregation == 'sum':
       x = sum(projected)
     else:
@@ -111,5 +136,4 @@ class MultiLevelBranch(nn.Module):
       pool = resample.adaptive_avg_pool_matrix(self.common_size, self.pool_size)
       x = jnp.einsum('ph,nhwc,qw->npqc', pool.astype(x.dtype), x, pool.astype(x.dtype))
     # Flatten channel-major (C, H, W) like torch, so ported Linear weights fit as-is.
-    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
-    return ProjectionHead(self.head_widths, dtype=self.dtype, name='head')(x, train)
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)

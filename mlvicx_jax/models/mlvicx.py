@@ -2,12 +2,17 @@
 from typing import Callable, Optional
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 
 class MLVICX(nn.Module):
   """One view in, `features` (pooled trunk output), `z` and `m` out.
 
-  The two views are separate calls, so BatchNorm statistics are per view.
+  With a tuple of views in, the trunk runs once per view (BatchNorm
+  statistics per view, running statistics chained in the tuple's order, as
+  separate calls) and the heads once on all views: their Linear layers are
+  one matmul each, so their weights are read once. Every output then has a
+  leading view axis.
   The comparison methods reuse it: `global_head` is their projector, and
   BYOL and SimSiam add a `predictor` on z, whose output is `p`.
   """
@@ -18,12 +23,16 @@ class MLVICX(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    trunk = self.backbone(name='backbone')(x, train)
-    out = {'features': trunk['features']}
+    views = isinstance(x, (tuple, list))
+    backbone = self.backbone(name='backbone')
+    trunks = [backbone(view, train) for view in x] if views else backbone(x, train)
+    features = jnp.stack([t['features'] for t in trunks]) if views else trunks['features']
+    out = {'features': features}
     if self.global_head is not None:
-      out['z'] = self.global_head(name='global_head')(trunk['features'], train)
+      out['z'] = self.global_head(name='global_head')(features, train)
       if self.predictor is not None:
         out['p'] = self.predictor(name='predictor')(out['z'], train)
     if self.multilevel_branch is not None:
-      out['m'] = self.multilevel_branch(name='multilevel')(trunk['maps'], train)
+      maps = [t['maps'] for t in trunks] if views else trunks['maps']
+      out['m'] = self.multilevel_branch(name='multilevel')(maps, train, views=views)
     return out

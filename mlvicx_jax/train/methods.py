@@ -41,13 +41,13 @@ class Objective:
 
 
 def forward_two_views(model, params, batch_stats, view1, view2):
-  """Two separate passes (BN statistics per view); running stats chained view1 -> view2
-  as the official code's two sequential forward calls do."""
-  out1, new = model.apply({'params': params, 'batch_stats': batch_stats}, view1,
-                          train=True, mutable=['batch_stats'])
-  out2, new = model.apply({'params': params, 'batch_stats': new['batch_stats']}, view2,
-                          train=True, mutable=['batch_stats'])
-  return out1, out2, new['batch_stats']
+  """Both views in one call: the trunk once per view (BN statistics per view),
+  the heads once on both (one matmul per layer, BN per view); running stats
+  chained view1 -> view2 as the official code's two sequential forward calls."""
+  out, new = model.apply({'params': params, 'batch_stats': batch_stats}, (view1, view2),
+                         train=True, mutable=['batch_stats'])
+  first, second = (jax.tree.map(lambda o, i=i: o[i], out) for i in (0, 1))
+  return first, second, new['batch_stats']
 
 
 def _prefixed(prefix: str, metrics: dict) -> dict:

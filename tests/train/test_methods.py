@@ -3,6 +3,7 @@ transcriptions of the papers' update rules, and every method's smoke run.
 
 The losses themselves are checked in test_losses_methods.py.
 """
+import functools
 import json
 import math
 import os
@@ -64,6 +65,37 @@ def _forward(model, params, batch_stats, x):
         lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])[0]))
   out = _TRAIN_MODE[id(model)][1]({'params': params, 'batch_stats': batch_stats}, x)
   return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+@pytest.mark.parametrize('name', ['mlvicx', 'byol'])
+def test_both_views_in_one_call_equal_two_separate_calls(name):
+  """forward_two_views (heads once on both views, BN per view) against two
+    whole calls of the model, the official trainer's structure: outputs and
+    the running statistics chained view 1 -> view 2."""
+  config = load_config(f'configs/pretrain/{name}.py', 'smoke')
+  model = models.build_model(config.model)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, SIZE, SIZE, 3)), train=False)
+  rng = np.random.default_rng(3)
+  view1, view2 = (jnp.asarray(rng.standard_normal((4, SIZE, SIZE, 3)), jnp.float32)
+                  for _ in range(2))
+  # Running statistics away from their init, so chaining them in the wrong order shows.
+  stats = jax.tree.map(lambda s: s + jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype),
+                       variables['batch_stats'])
+  out1, out2, new_stats = jax.jit(functools.partial(methods.forward_two_views, model))(
+      variables['params'], stats, view1, view2)
+
+  @jax.jit
+  def separately(params, stats):
+    apply = functools.partial(model.apply, train=True, mutable=['batch_stats'])
+    ref1, new = apply({'params': params, 'batch_stats': stats}, view1)
+    ref2, new = apply({'params': params, 'batch_stats': new['batch_stats']}, view2)
+    return ref1, ref2, new['batch_stats']
+
+  ref1, ref2, ref_stats = separately(variables['params'], stats)
+  assert set(out1) == set(ref1) and 'z' in out1 and ('m' in out1 or 'p' in out1)
+  for got, want in [(out1, ref1), (out2, ref2), (new_stats, ref_stats)]:
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(np.asarray(g), np.asarray(w),
+                                                         rtol=1e-5, atol=1e-5), got, want)
 
 
 def test_target_momentum_schedules_are_the_papers():
