@@ -9,6 +9,8 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mlvicx_jax.models import pooling
+
 ModuleDef = Any
 
 # torchvision initialises convolutions with Kaiming-normal, fan_out, ReLU gain.
@@ -97,7 +99,7 @@ class ResNet(nn.Module):
     if 0 in deltas:
       x = (x.astype(jnp.float32) + deltas[0]).astype(x.dtype)
     maps = [x]
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = pooling.stem_max_pool(x)  # nn.max_pool's values and gradients, a cheaper backward
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         x = block_cls(self.num_filters * 2**i, conv=conv, norm=norm,

@@ -1,0 +1,74 @@
+"""The stem's 3x3, stride-2 max pool with a backward pass that keeps a byte per output.
+
+Autodiff of `nn.max_pool` gives XLA a select-and-scatter, which XLA's CPU
+compiler rewrites as a reduce-window carrying four int32 index maps the size
+of the padded input (about 53 MB each per view at batch 16 and 224 px, eight
+per step): the stem's pool cost more than its convolution's backward pass.
+Here the forward pass takes the maximum over the nine strided views of the
+padded map and records which view won (int8); the backward pass sends each
+output's gradient to that position, as nine strided pads summed in one loop.
+The winner is the first maximum in row-major window order, the rule of
+select-and-scatter and of torch's max_pool2d, so ties (the zeros after ReLU)
+go where they went before; tests/models/test_pooling.py checks values and
+gradients against `nn.max_pool`.
+"""
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+WINDOW, STRIDE = 3, 2  # torchvision's stem: kernel 3, stride 2, padding 1
+
+
+def _output_size(size: int) -> int:
+  return (size - 1) // STRIDE + 1
+
+
+def _views(x):
+  """The nine strided (N, H_out, W_out, C) views of x padded by one with -inf, k = 3 * di + dj."""
+  n, h, w, c = x.shape
+  out_h, out_w = _output_size(h), _output_size(w)
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return [lax.slice(padded, (0, di, dj, 0),
+                    (n, di + STRIDE * (out_h - 1) + 1, dj + STRIDE * (out_w - 1) + 1, c),
+                    (1, STRIDE, STRIDE, 1))
+          for di in range(WINDOW) for dj in range(WINDOW)]
+
+
+def _forward(x):
+  best, winner = None, None
+  for k, view in enumerate(_views(x)):
+    if best is None:
+      best, winner = view, jnp.zeros(view.shape, jnp.int8)
+    else:
+      later_wins = view > best  # strict: an equal later value leaves the first maximum
+      best = jnp.where(later_wins, view, best)
+      winner = jnp.where(later_wins, jnp.int8(k), winner)
+  return best, (winner, x.shape)
+
+
+def _backward(residuals, grad):
+  winner, (n, h, w, c) = residuals
+  del n, c
+  out_h, out_w = grad.shape[1:3]
+  zero = jnp.zeros((), jnp.float32)
+  total = None
+  for k in range(WINDOW * WINDOW):
+    di, dj = divmod(k, WINDOW)
+    part = jnp.where(winner == k, grad.astype(jnp.float32), zero)
+    # Output (i, j) came from padded input (2i + di, 2j + dj).
+    placed = lax.pad(part, zero, (
+        (0, 0, 0),
+        (di, h + 2 - di - (STRIDE * (out_h - 1) + 1), STRIDE - 1),
+        (dj, w + 2 - dj - (STRIDE * (out_w - 1) + 1), STRIDE - 1),
+        (0, 0, 0)))
+    total = placed if total is None else total + placed
+  return (total[:, 1:h + 1, 1:w + 1, :].astype(grad.dtype),)
+
+
+@jax.custom_vjp
+def stem_max_pool(x):
+  """Max pool of an (N, H, W, C) map: window 3, stride 2, padding 1 (torch's -inf padding)."""
+  return _forward(x)[0]
+
+
+stem_max_pool.defvjp(_forward, _backward)
