@@ -6,7 +6,8 @@ of the padded input (about 53 MB each per view at batch 16 and 224 px, eight
 per step): the stem's pool cost more than its convolution's backward pass.
 Here the forward pass takes the maximum over the nine strided views of the
 padded map and records which view won (int8); the backward pass sends each
-output's gradient to that position, as nine strided pads summed in one loop.
+output's gradient to that position, one parity plane of the padded map at a
+time, interleaved.
 The winner is the first maximum in row-major window order, the rule of
 select-and-scatter and of torch's max_pool2d, so ties (the zeros after ReLU)
 go where they went before; tests/models/test_pooling.py checks values and
@@ -24,7 +25,11 @@ def _output_size(size: int) -> int:
 
 
 def _views(x):
-  """The nine strided (N, H_out, W_out, C) views of x padded by one with -inf, k = 3 * di + dj."""
+  """The nine strided (N, H_out, W_out, C) views of x padded by one with -inf, k = 3 * di + dj.
+
+  XLA writes the padded map once and reads it nine times in the max's loop;
+  padding each strided view by itself instead made it write five views out.
+  """
   n, h, w, c = x.shape
   out_h, out_w = _output_size(h), _output_size(w)
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
@@ -47,22 +52,26 @@ def _forward(x):
 
 
 def _backward(residuals, grad):
+  """Padded row 2a + s (and column 2b + t) takes the window offsets with that parity:
+  offset 0 of output a, offset 2 of output a - 1 (s = 0), offset 1 of output a (s = 1).
+  The four parity planes are interleaved by a stack and a reshape, so XLA writes the
+  gradient once, in one loop (a sum of nine padded planes became nine written maps)."""
   winner, (n, h, w, c) = residuals
-  del n, c
-  out_h, out_w = grad.shape[1:3]
   zero = jnp.zeros((), jnp.float32)
-  total = None
-  for k in range(WINDOW * WINDOW):
+
+  def shifted(k):
+    """Window offset k's share, on the (out_h + 1, out_w + 1) grid of its parity plane."""
     di, dj = divmod(k, WINDOW)
     part = jnp.where(winner == k, grad.astype(jnp.float32), zero)
-    # Output (i, j) came from padded input (2i + di, 2j + dj).
-    placed = lax.pad(part, zero, (
-        (0, 0, 0),
-        (di, h + 2 - di - (STRIDE * (out_h - 1) + 1), STRIDE - 1),
-        (dj, w + 2 - dj - (STRIDE * (out_w - 1) + 1), STRIDE - 1),
-        (0, 0, 0)))
-    total = placed if total is None else total + placed
-  return (total[:, 1:h + 1, 1:w + 1, :].astype(grad.dtype),)
+    return jnp.pad(part, ((0, 0), (di // 2, 1 - di // 2), (dj // 2, 1 - dj // 2), (0, 0)))
+
+  parity = {0: (0, 2), 1: (1,)}  # window offsets whose padded position has that parity
+  planes = [[sum(shifted(WINDOW * di + dj) for di in parity[s] for dj in parity[t])
+             for t in (0, 1)] for s in (0, 1)]
+  rows = jnp.stack([jnp.stack(planes[s], axis=3) for s in (0, 1)], axis=2)
+  out_h, out_w = grad.shape[1:3]
+  padded = rows.reshape(n, 2 * (out_h + 1), 2 * (out_w + 1), c)
+  return (padded[:, 1:h + 1, 1:w + 1, :].astype(grad.dtype),)
 
 
 @jax.custom_vjp
