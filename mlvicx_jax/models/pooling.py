@@ -13,6 +13,8 @@ select-and-scatter and of torch's max_pool2d, so ties (the zeros after ReLU)
 go where they went before; tests/models/test_pooling.py checks values and
 gradients against `nn.max_pool`.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -48,15 +50,15 @@ def _forward(x):
       later_wins = view > best  # strict: an equal later value leaves the first maximum
       best = jnp.where(later_wins, view, best)
       winner = jnp.where(later_wins, jnp.int8(k), winner)
-  return best, (winner, x.shape)
+  return best, winner
 
 
-def _backward(residuals, grad):
+def _backward(h, w, winner, grad):
   """Padded row 2a + s (and column 2b + t) takes the window offsets with that parity:
   offset 0 of output a, offset 2 of output a - 1 (s = 0), offset 1 of output a (s = 1).
   The four parity planes are interleaved by a stack and a reshape, so XLA writes the
   gradient once, in one loop (a sum of nine padded planes became nine written maps)."""
-  winner, (n, h, w, c) = residuals
+  n, out_h, out_w, c = grad.shape
   zero = jnp.zeros((), jnp.float32)
 
   def shifted(k):
@@ -69,15 +71,19 @@ def _backward(residuals, grad):
   planes = [[sum(shifted(WINDOW * di + dj) for di in parity[s] for dj in parity[t])
              for t in (0, 1)] for s in (0, 1)]
   rows = jnp.stack([jnp.stack(planes[s], axis=3) for s in (0, 1)], axis=2)
-  out_h, out_w = grad.shape[1:3]
   padded = rows.reshape(n, 2 * (out_h + 1), 2 * (out_w + 1), c)
   return (padded[:, 1:h + 1, 1:w + 1, :].astype(grad.dtype),)
 
 
-@jax.custom_vjp
-def stem_max_pool(x):
-  """Max pool of an (N, H, W, C) map: window 3, stride 2, padding 1 (torch's -inf padding)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _pool(x, h, w):
+  del h, w  # the input size, static: the backward pass needs it, a residual would trace it
   return _forward(x)[0]
 
 
-stem_max_pool.defvjp(_forward, _backward)
+_pool.defvjp(lambda x, h, w: _forward(x), _backward)
+
+
+def stem_max_pool(x):
+  """Max pool of an (N, H, W, C) map: window 3, stride 2, padding 1 (torch's -inf padding)."""
+  return _pool(x, x.shape[1], x.shape[2])
