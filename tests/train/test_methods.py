@@ -70,8 +70,8 @@ def _forward(model, params, batch_stats, x):
 @pytest.mark.parametrize('name', ['mlvicx', 'byol'])
 def test_both_views_in_one_call_equal_two_separate_calls(name):
   """forward_two_views (heads once on both views, BN per view) against two
-    whole calls of the model, the official trainer's structure: outputs and
-    the running statistics chained view 1 -> view 2."""
+  whole calls of the model, the official trainer's structure: outputs and
+  the running statistics chained view 1 -> view 2."""
   config = load_config(f'configs/pretrain/{name}.py', 'smoke')
   model = models.build_model(config.model)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, SIZE, SIZE, 3)), train=False)
