@@ -12,8 +12,10 @@ same executable later in the round on this 2-core machine, which a fixed
 order charges to the first variant (full MLVICX). Per variant: the
 median step and its ratio to the last variant (the step without both), the
 process's CPU time, XLA's FLOPs, the compiled temporaries and the page
-faults per step (XLA's CPU runtime maps its temporaries afresh each step).
-The issue's target is full / neither <= 1.08.
+faults per step (XLA's CPU runtime maps its temporaries afresh each step,
+unless glibc's allocator is told to keep freed memory: the GLIBC_TUNABLES
+line in docs/benchmarks.md, which the header prints). The issue's target
+is full / neither <= 1.08.
 
 `--views=joint,separate` also builds every variant with the views as two
 whole calls of the model, heads included, as the step did before its heads
@@ -98,7 +100,8 @@ def main():
   print(f"\n{jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, batch {args.batch}, "
         f"{args.size} px, {args.dtype}, median of {args.rounds} round-robin steps "
         "(order reversed every other round); "
-        f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+        f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   base_cpu = float(np.median(runs[-1]['cpu']))
   print('| variant | s/step [min, max] | vs last | CPU s/step | vs last | GFLOP (XLA) '
         '| GFLOP/s | temp MiB | page faults/step |')
