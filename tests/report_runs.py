@@ -1,8 +1,10 @@
 """Hand-made run records for the report tests, and readers of its markdown tables."""
 
+import json
 import re
 
 import numpy as np
+import pytest
 
 from mlvicx_jax.evaluate import record_files
 from mlvicx_jax.evaluate import records
@@ -67,3 +69,15 @@ def table_after(markdown, heading_start):
 
 def cell_numbers(cell):
   return [float(x) for x in re.findall(r'\d+\.\d+', cell)]
+
+
+def assert_each_is_refused_by_name(tmp_path, cases):
+  """Each (record, text) written alone in a directory: loading it fails with
+  one error that names the file and contains `text` (the field)."""
+  for i, (record, text) in enumerate(cases):
+    path = tmp_path / f'case{i}' / 'run_record_bad.json'
+    path.parent.mkdir()
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=re.escape(str(path))) as error:
+      record_files.load_run_records(str(path.parent))
+    assert text in str(error.value)

@@ -118,13 +118,7 @@ def test_invalid_records_name_file_and_field(tmp_path):
       ({**good, 'label_subset': {'mode': 'random'}}, 'label_subset.mode'),
       ({**good, 'selection_metric': ['auc']}, 'selection_metric'),
   ]
-  for i, (record, field) in enumerate(cases):
-    path = tmp_path / f'case{i}' / 'run_record_bad.json'
-    path.parent.mkdir()
-    path.write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=re.escape(str(path))) as error:
-      record_files.load_run_records(str(path.parent))
-    assert field in str(error.value)
+  report_runs.assert_each_is_refused_by_name(tmp_path, cases)
 
 
 def test_load_errors_name_the_directory(tmp_path):
